@@ -1,0 +1,232 @@
+"""Darcy flow on a 2D mesh: -div(K grad p) = f, zero normal flux, mean of p zero.
+
+Fields are the pressure ``p`` and the permeability ``K``, both continuous
+Lagrange of the same degree (P1 by default). The weak residual is
+
+    R_i(p, K) = integral( K grad p . grad phi_i - f phi_i ) dx,
+
+with the zero-flux condition natural. :meth:`DarcyProblem.strong_residual`
+reports the strong-form-equivalent nodal value r = M_L^{-1} R (M_L the lumped
+mass matrix), which approximates -div(K grad p) - f pointwise and is
+comparable across meshes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import firedrake as fd
+import numpy as np
+import torch
+import ufl
+
+from ..bridge import BatchedFormOperator, FieldLayout, TapedOperator, TorchFEM
+
+#: amplitude and box size of the paper's source on the unit square
+PAPER_SOURCE_AMPLITUDE = 10.0
+PAPER_SOURCE_BOX = 0.125
+
+
+def darcy_residual(p, K, v, f) -> ufl.Form:
+    """Weak Darcy residual 1-form ``(K grad p . grad v - f v) dx``.
+
+    Works for any UFL expressions ``p``, ``K``, ``f`` and test function ``v``.
+    """
+    return (K * ufl.inner(ufl.grad(p), ufl.grad(v)) - f * v) * ufl.dx
+
+
+def _is_unit_square(mesh) -> bool:
+    coords = mesh.coordinates.dat.data_ro
+    lo, hi = coords.min(axis=0), coords.max(axis=0)
+    area = fd.assemble(fd.Constant(1.0) * fd.dx(domain=mesh))
+    return np.allclose(lo, 0.0, atol=1e-12) and np.allclose(hi, 1.0, atol=1e-12) and abs(area - 1.0) < 1e-10
+
+
+def balanced_source(space: fd.FunctionSpace, positive, negative) -> fd.Function:
+    """``positive - c * negative`` interpolated into ``space``, with c making its integral zero.
+
+    The integrals use the same quadrature as the residual, so the discrete
+    pure-Neumann problem is exactly compatible.
+    """
+    f_pos = fd.Function(space).interpolate(positive)
+    f_neg = fd.Function(space).interpolate(negative)
+    int_pos, int_neg = fd.assemble(f_pos * fd.dx), fd.assemble(f_neg * fd.dx)
+    if int_pos <= 0 or int_neg <= 0:
+        raise ValueError("source: a bump lies outside the mesh (zero integral); use a finer mesh")
+    return fd.Function(space, name="f").assign(f_pos - (int_pos / int_neg) * f_neg)
+
+
+def paper_source(space: fd.FunctionSpace) -> fd.Function:
+    """The paper's source: +10 on [0, 0.125]^2, -10 on [0.875, 1]^2, zero elsewhere."""
+    x, y = fd.SpatialCoordinate(space.mesh())
+    a, b = PAPER_SOURCE_BOX, 1.0 - PAPER_SOURCE_BOX
+    box_lo = ufl.conditional(ufl.And(ufl.le(x, a + 1e-12), ufl.le(y, a + 1e-12)), 1.0, 0.0)
+    box_hi = ufl.conditional(ufl.And(ufl.ge(x, b - 1e-12), ufl.ge(y, b - 1e-12)), 1.0, 0.0)
+    return balanced_source(space, PAPER_SOURCE_AMPLITUDE * box_lo, PAPER_SOURCE_AMPLITUDE * box_hi)
+
+
+def bump_source(space: fd.FunctionSpace) -> fd.Function:
+    """Smooth source and sink near two opposite corners of the mesh's bounding box.
+
+    Gaussian bumps of amplitude 10 and width 1/16 of the bounding-box diagonal,
+    centred at the mesh vertices nearest to the lower-left and upper-right
+    corners (so that they lie in the domain), balanced to integrate to zero.
+    """
+    mesh = space.mesh()
+    coords = mesh.coordinates.dat.data_ro
+    lo, hi = coords.min(axis=0), coords.max(axis=0)
+    width = np.linalg.norm(hi - lo) / 16.0
+    inset = PAPER_SOURCE_BOX / 2 * (hi - lo)
+    centres = [coords[np.argmin(np.linalg.norm(coords - corner, axis=1))] for corner in (lo + inset, hi - inset)]
+    x = fd.SpatialCoordinate(mesh)
+    bumps = [
+        PAPER_SOURCE_AMPLITUDE * ufl.exp(-ufl.inner(x - fd.Constant(c), x - fd.Constant(c)) / (2 * width**2))
+        for c in centres
+    ]
+    return balanced_source(space, *bumps)
+
+
+@dataclass
+class DarcyProblem:
+    """Darcy flow on a mesh: spaces, source, residual forms and the solver.
+
+    Parameters
+    ----------
+    mesh
+        A 2D Firedrake mesh.
+    degree
+        Lagrange degree of both fields.
+    source
+        ``"auto"`` (the paper's source on the unit square, bumps elsewhere),
+        ``"paper"``, ``"bumps"``, or a UFL expression (interpolated, then
+        shifted by a constant so that it integrates to zero).
+    rtol
+        Relative tolerance of the conjugate-gradient solve.
+    """
+
+    mesh: object
+    degree: int = 1
+    source: object = "auto"
+    rtol: float = 1e-12
+    V: fd.FunctionSpace = field(init=False)
+    f: fd.Function = field(init=False)
+
+    def __post_init__(self):
+        self.V = fd.FunctionSpace(self.mesh, "CG", self.degree)
+        self.area = fd.assemble(fd.Constant(1.0) * fd.dx(domain=self.mesh))
+        self.f = self._make_source(self.source)
+        self._lumped_mass = fd.assemble(fd.TestFunction(self.V) * fd.dx).dat.data_ro.copy()
+        self._K = fd.Function(self.V, name="K")
+        self._p = fd.Function(self.V, name="p")
+        self._solver = self._make_solver()
+
+    def _make_source(self, source) -> fd.Function:
+        if not isinstance(source, str):
+            f = fd.Function(self.V, name="f").interpolate(source)
+            return f.assign(f - fd.assemble(f * fd.dx) / self.area)
+        kind = source
+        if kind == "auto":
+            kind = "paper" if _is_unit_square(self.mesh) else "bumps"
+        builders = {"paper": paper_source, "bumps": bump_source}
+        if kind not in builders:
+            raise ValueError(f"source must be 'auto', 'paper', 'bumps' or a UFL expression, got {source!r}")
+        return builders[kind](self.V)
+
+    @property
+    def field_names(self) -> tuple[str, str]:
+        """Names of the generated fields, in the order of :meth:`residual`'s arguments."""
+        return ("p", "K")
+
+    def residual(self, p, K, v) -> ufl.Form:
+        """Weak residual 1-form for fields ``p``, ``K`` and test function ``v``."""
+        return darcy_residual(p, K, v, self.f)
+
+    @property
+    def layout(self) -> FieldLayout:
+        """Packing of a sample row: ``[p, K]``, each in the DOF order of :attr:`V`."""
+        return FieldLayout.from_spaces({"p": self.V, "K": self.V})
+
+    def residual_operator(self, chunk: int = 16) -> BatchedFormOperator:
+        """Batched weak residual (fast path): rows ``[p, K]`` -> weak residual vectors."""
+        return BatchedFormOperator(
+            self.layout, lambda fields, data, v: self.residual(fields["p"], fields["K"], v), self.V, chunk=chunk
+        )
+
+    def taped_residual_operator(self) -> TapedOperator:
+        """The same residual through pyadjoint (general path; a reference for the fast path)."""
+        v = fd.TestFunction(self.V)
+        return TapedOperator(self.layout, lambda fields, data: fd.assemble(self.residual(fields["p"], fields["K"], v)))
+
+    def torch_residual(self, strong: bool = True, chunk: int = 16):
+        """Differentiable torch residual of batches of rows ``[p, K]``.
+
+        Parameters
+        ----------
+        strong
+            Return the strong-form-equivalent nodal residual ``M_L^{-1} R``
+            (default) instead of the weak residual vector ``R``.
+        chunk
+            Samples per assembly of the fast path.
+        """
+        weak = TorchFEM(self.residual_operator(chunk))
+        if not strong:
+            return weak
+        inverse_mass = torch.from_numpy(1.0 / self._lumped_mass)
+
+        def residual(x: torch.Tensor) -> torch.Tensor:
+            return weak(x) * inverse_mass.to(device=x.device, dtype=x.dtype)
+
+        return residual
+
+    def lumped_mass(self) -> np.ndarray:
+        """Diagonal of the lumped mass matrix of the field space (a copy)."""
+        return self._lumped_mass.copy()
+
+    def strong_residual(self, weak: np.ndarray) -> np.ndarray:
+        """Strong-form-equivalent nodal residual ``M_L^{-1} R`` of weak residual vectors."""
+        return np.asarray(weak) / self._lumped_mass
+
+    def weak_residual(self, p: fd.Function, K: fd.Function) -> np.ndarray:
+        """Assembled weak residual vector for Functions ``p`` and ``K``."""
+        return fd.assemble(self.residual(p, K, fd.TestFunction(self.V))).dat.data_ro.copy()
+
+    def _make_solver(self) -> fd.LinearVariationalSolver:
+        u, v = fd.TrialFunction(self.V), fd.TestFunction(self.V)
+        a = self._K * fd.inner(fd.grad(u), fd.grad(v)) * fd.dx
+        L = self.f * v * fd.dx
+        nullspace = fd.VectorSpaceBasis(constant=True, comm=self.mesh.comm)
+        lvp = fd.LinearVariationalProblem(a, L, self._p, constant_jacobian=False)
+        params = {
+            "ksp_type": "cg",
+            "ksp_rtol": self.rtol,
+            "ksp_atol": 0.0,
+            "ksp_max_it": 10_000,
+            "pc_type": "gamg",
+            "mg_levels_pc_type": "sor",
+        }
+        return fd.LinearVariationalSolver(
+            lvp, solver_parameters=params, nullspace=nullspace, transpose_nullspace=nullspace
+        )
+
+    def solve(self, K: fd.Function | np.ndarray) -> fd.Function:
+        """Pressure with zero mean for permeability ``K`` (a Function or DOF values).
+
+        Raises
+        ------
+        ValueError
+            If ``K`` is not positive everywhere.
+        firedrake.ConvergenceError
+            If the linear solver does not converge.
+        """
+        values = K.dat.data_ro if isinstance(K, fd.Function) else np.asarray(K, dtype=float)
+        if values.shape != self._K.dat.data_ro.shape:
+            raise ValueError(f"K has shape {values.shape}, expected {self._K.dat.data_ro.shape}")
+        if not np.all(np.isfinite(values)) or values.min() <= 0:
+            raise ValueError("K must be finite and positive at every DOF")
+        self._K.dat.data[:] = values
+        self._p.assign(0.0)
+        self._solver.solve()
+        mean = fd.assemble(self._p * fd.dx) / self.area
+        p = fd.Function(self.V, name="p")
+        p.dat.data[:] = self._p.dat.data_ro - mean
+        return p
