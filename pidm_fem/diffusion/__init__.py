@@ -1,0 +1,25 @@
+"""The diffusion core of pidm_fem, in plain PyTorch.
+
+A sample is a tensor (C, n): C fields on n mesh nodes; batches are (B, C, n).
+Denoisers are modules ``model(x_t, t, cond=None, scalars=None) -> x0_hat`` in
+normalised units; physics enters as differentiable callables on physical samples.
+"""
+
+from __future__ import annotations
+
+from pidm_fem.diffusion.guidance import CoCoGenCorrector, PhysicsGuidedConditioning, Residual
+from pidm_fem.diffusion.losses import Functional, PIDMLoss
+from pidm_fem.diffusion.normalization import FieldNormalizer
+from pidm_fem.diffusion.samplers import sample
+from pidm_fem.diffusion.schedule import CosineSchedule
+
+__all__ = [
+    "CoCoGenCorrector",
+    "CosineSchedule",
+    "FieldNormalizer",
+    "Functional",
+    "PIDMLoss",
+    "PhysicsGuidedConditioning",
+    "Residual",
+    "sample",
+]

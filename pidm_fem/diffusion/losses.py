@@ -1,0 +1,218 @@
+"""The PIDM training loss: min-SNR data loss plus physics terms as virtual observations.
+
+For clean physical samples x0 the loss draws t and noise, forms x_t in normalised
+units, asks the denoiser for x0_hat and adds
+
+- the data loss ``c_data * mean_b( min(SNR_t, 5) * mean((x0_hat - x0)^2) )`` (normalised units);
+- the residual term ``c_residual * mean(r^2 / (2 sigma_t^2))``, ``r = residual(x0_est)``;
+- equality constraints ``c_eq * mean(g^2 / (2 sigma_t^2))``;
+- inequality constraints ``c_ineq * mean(max(g, 0)^2 / (2 sigma_t^2))``;
+- an objective ``lambda_opt * mean(J)`` (an exponential prior on J),
+
+where sigma_t^2 is the schedule's posterior variance of each sample's t and x0_est
+(in physical units) is the network output ("mean") or the end of a differentiable
+DDIM chain from x_t ("sample"). The physics only ever sees physical values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from pidm_fem.diffusion.guidance import PhysicsGuidedConditioning, Residual
+from pidm_fem.diffusion.normalization import FieldNormalizer
+from pidm_fem.diffusion.schedule import CosineSchedule, gaussian_noise
+
+Functional = Callable[[torch.Tensor], torch.Tensor]
+"""A differentiable map from physical samples (B, C, n) to values (B,) or (B, k)."""
+
+X0_ESTIMATES = ("mean", "sample")
+
+
+def _rows(values: torch.Tensor, batch: int, name: str) -> torch.Tensor:
+    if values.ndim == 0 or values.shape[0] != batch:
+        raise ValueError(f"the {name} returned shape {tuple(values.shape)} for a batch of {batch}")
+    return values.reshape(batch, -1)
+
+
+def virtual_likelihood(values: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
+    """``mean(values^2 / (2 variance))``: negative log-likelihood of observing zero.
+
+    Parameters
+    ----------
+    values
+        Shape (B, k).
+    variance
+        Per-sample variance, shape (B,).
+    """
+    return (values.pow(2) / (2 * variance.unsqueeze(1))).mean()
+
+
+@dataclass
+class PIDMLoss:
+    """Physics-informed diffusion loss (Bastek et al., ICLR 2025) for an x0-predicting denoiser.
+
+    Parameters
+    ----------
+    schedule
+        The noise schedule.
+    normalizer
+        Maps physical samples to the network's units and back.
+    residual
+        Differentiable residual on physical samples, (B, C, n) -> (B, M). Needed when
+        ``c_residual > 0``; never called when ``c_residual = 0`` (plain DDPM).
+    c_data, c_residual
+        Weights of the data loss and of the residual term (1 and 1e-3 in the paper).
+    x0_estimate
+        "mean": the residual sees the network's x0_hat; "sample": it sees the end of a
+        deterministic DDIM chain (eta = 0) from x_t to the data, run through the network
+        with gradients.
+    sample_steps
+        Network evaluations along the "sample" chain (the first is the x0_hat of the
+        data loss, reused); each sample's chain spans its own t in one vectorised loop.
+    equality, inequality
+        Constraint functionals g(x0_est) on physical samples; the inequality counts only
+        where ``g > 0``. Weighted by ``c_eq`` and ``c_ineq``; skipped when None or weight 0.
+    objective
+        Objective J(x0_est) to minimise, weighted by ``lambda_opt``; skipped when None or 0.
+    snr_gamma
+        Clip of the min-SNR weight (5 in the paper).
+    conditioning
+        Physics-guided conditioning: the denoiser receives the residual-gradient
+        channels of x_t after the user condition fields, dropped per sample with the
+        conditioning's dropout probability (one mask per batch, reused, with channels
+        recomputed, at every network evaluation of the "sample" chain).
+    """
+
+    schedule: CosineSchedule
+    normalizer: FieldNormalizer
+    residual: Residual | None = None
+    c_data: float = 1.0
+    c_residual: float = 1e-3
+    x0_estimate: str = "mean"
+    sample_steps: int = 4
+    equality: Functional | None = None
+    c_eq: float = 1.0
+    inequality: Functional | None = None
+    c_ineq: float = 1.0
+    objective: Functional | None = None
+    lambda_opt: float = 1.0
+    snr_gamma: float = 5.0
+    conditioning: PhysicsGuidedConditioning | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("c_data", "c_residual", "c_eq", "c_ineq", "lambda_opt", "snr_gamma"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and value >= 0 and value != float("inf")):
+                raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
+        if self.x0_estimate not in X0_ESTIMATES:
+            raise ValueError(f"x0_estimate must be one of {X0_ESTIMATES}, got {self.x0_estimate!r}")
+        if not isinstance(self.sample_steps, int) or isinstance(self.sample_steps, bool) or self.sample_steps < 1:
+            raise ValueError(f"sample_steps must be a positive integer, got {self.sample_steps!r}")
+        if self.c_residual > 0 and self.residual is None:
+            raise ValueError("c_residual > 0 needs a residual callable")
+
+    def _physics_terms(self) -> list[tuple[str, Functional, float, str]]:
+        """(component, functional, weight, kind) of every active physics term."""
+        terms = [
+            ("residual", self.residual, self.c_residual, "equality"),
+            ("constraints", self.equality, self.c_eq, "equality"),
+            ("constraints", self.inequality, self.c_ineq, "inequality"),
+            ("objective", self.objective, self.lambda_opt, "objective"),
+        ]
+        return [term for term in terms if term[1] is not None and term[2] > 0]
+
+    def _sample_estimate(
+        self,
+        denoise: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        x0_hat: torch.Tensor,
+    ) -> torch.Tensor:
+        """End of the differentiable DDIM (eta = 0) chain from (x_t, t) to the data."""
+        times = self.schedule.ddim_timesteps(t, self.sample_steps)
+        x = x_t
+        for k in range(self.sample_steps):
+            if k > 0:
+                x0_hat = denoise(x, times[k])
+            x = self.schedule.ddim_step(x0_hat, x, times[k], times[k + 1])
+        return x
+
+    def __call__(
+        self,
+        model: torch.nn.Module,
+        x0: torch.Tensor,
+        cond: torch.Tensor | None = None,
+        scalars: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        t: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss of ``model`` on a batch of clean physical samples.
+
+        Parameters
+        ----------
+        model
+            Denoiser ``model(x_t, t, cond=None, scalars=None) -> x0_hat`` in normalised units.
+        x0
+            Clean physical samples, shape (B, C, n).
+        cond, scalars
+            Per-node condition fields (B, C_cond, n) and per-sample scalars (B, S), or None.
+        generator
+            Source of t, the noise and the condition dropout; the global RNG when None.
+        t
+            Fixed timesteps (B,) instead of random ones (validation at chosen noise levels).
+
+        Returns
+        -------
+        total : torch.Tensor
+            Scalar loss, differentiable with respect to the model's parameters.
+        components : dict[str, float]
+            Detached values of the "data", "residual", "constraints" and "objective"
+            terms (weights included; 0 when absent) and their sum "total".
+        """
+        if not isinstance(x0, torch.Tensor) or x0.ndim != 3:
+            raise ValueError("PIDMLoss needs clean samples of shape (B, C, n)")
+        batch = x0.shape[0]
+        if t is None:
+            draw_device = generator.device if generator is not None else x0.device
+            t = torch.randint(0, self.schedule.T, (batch,), generator=generator, device=draw_device).to(x0.device)
+        elif t.shape != (batch,):
+            raise ValueError(f"fixed timesteps must have shape ({batch},), got {tuple(t.shape)}")
+        x0_norm = self.normalizer.normalize(x0)
+        noise = gaussian_noise(x0_norm.shape, dtype=x0_norm.dtype, device=x0_norm.device, generator=generator)
+        x_t = self.schedule.q_sample(x0_norm, t, noise)
+
+        keep = None
+        if self.conditioning is not None:
+            keep = self.conditioning.draw_keep(batch, x0.device, generator)
+
+        def denoise(x: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
+            c = cond if self.conditioning is None else self.conditioning.condition(x, cond, keep)
+            return model(x, time, cond=c, scalars=scalars)
+
+        x0_hat = denoise(x_t, t)
+        per_sample = (x0_hat - x0_norm).pow(2).flatten(1).mean(dim=1)
+        weight = self.schedule.min_snr_weight(t, self.snr_gamma).to(per_sample.dtype)
+        data = self.c_data * (weight * per_sample).mean()
+        zero = data.new_zeros(())
+        values = {"data": data, "residual": zero, "constraints": zero, "objective": zero}
+
+        terms = self._physics_terms()
+        if terms:
+            x0_est = x0_hat if self.x0_estimate == "mean" else self._sample_estimate(denoise, x_t, t, x0_hat)
+            x_phys = self.normalizer.denormalize(x0_est)
+            variance = self.schedule.posterior_variance.to(x_phys.device)[t].to(x_phys.dtype)
+            for component, functional, weight_c, kind in terms:
+                g = _rows(functional(x_phys), batch, component)
+                if kind == "objective":
+                    term = weight_c * g.mean()
+                else:
+                    term = weight_c * virtual_likelihood(g.clamp(min=0) if kind == "inequality" else g, variance)
+                values[component] = values[component] + term
+
+        total = sum(values.values())
+        components = {name: float(value.detach()) for name, value in values.items()}
+        components["total"] = float(total.detach())
+        return total, components

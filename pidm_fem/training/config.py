@@ -1,0 +1,378 @@
+"""The run configuration: one YAML file, read into nested frozen dataclasses.
+
+A file has up to five sections (``data``, ``model``, ``diffusion``,
+``training``, ``sampling``); missing sections and keys take their defaults.
+Every value is checked when the configuration is built: an unknown key, a
+value of the wrong type or a value out of range raises :class:`ConfigError`
+with one line that names the file and the dotted key, for example::
+
+    run.yaml: training.lr: must be > 0, got -1.0
+    run.yaml: training.lrr: unknown key (did you mean lr?)
+
+Integers are accepted for float keys; booleans are never numbers. Floats may
+be written ``1e-4`` (plain YAML 1.1 would read that as a string).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from functools import cache
+from pathlib import Path
+from typing import Any, ClassVar, Literal, get_args, get_origin, get_type_hints
+
+import torch
+import yaml
+
+from pidm_fem.atomic_files import atomic_path
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "DiffusionConfig",
+    "TrainingConfig",
+    "SamplingConfig",
+    "RunConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+    "save_config",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message is one line naming the key (and file)."""
+
+
+_Check = Callable[[Any], "str | None"]
+
+
+def _at_least(bound: float) -> _Check:
+    return lambda value: None if value >= bound else f"must be >= {bound}, got {value}"
+
+
+def _above(bound: float) -> _Check:
+    return lambda value: None if value > bound else f"must be > {bound}, got {value}"
+
+
+def _in_interval(low: float, high: float, closed_high: bool) -> _Check:
+    bracket = "]" if closed_high else ")"
+
+    def check(value: float) -> str | None:
+        inside = low <= value <= high if closed_high else low <= value < high
+        return None if inside else f"must be in [{low}, {high}{bracket}, got {value}"
+
+    return check
+
+
+def _torch_device(value: str) -> str | None:
+    try:
+        torch.device(value)
+    except RuntimeError:
+        return f"must be a torch device such as 'cpu' or 'cuda:0', got {value!r}"
+    return None
+
+
+def _key(default: Any, check: _Check | None = None) -> Any:
+    """A configuration key with its default value and an optional range check."""
+    return field(default=default, metadata={"check": check})
+
+
+@dataclass(frozen=True)
+class _Section:
+    """Base of the sections: checks and converts every value after construction."""
+
+    name: ClassVar[str]
+
+    def __post_init__(self) -> None:
+        hints = _type_hints(type(self))
+        for item in fields(self):
+            value = _converted(getattr(self, item.name), hints[item.name], f"{self.name}.{item.name}")
+            check = item.metadata.get("check")
+            problem = check(value) if check is not None else None
+            if problem is not None:
+                raise ConfigError(f"{self.name}.{item.name}: {problem}")
+            object.__setattr__(self, item.name, value)
+
+
+@dataclass(frozen=True)
+class DataConfig(_Section):
+    """Sizes of the data splits and the seed that draws them."""
+
+    name: ClassVar[str] = "data"
+    n_train: int = _key(1000, _at_least(1))
+    n_val: int = _key(64, _at_least(0))
+    n_test: int = _key(64, _at_least(0))
+    seed: int = _key(0, _at_least(0))
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Section):
+    """The denoiser: raster U-Net or mesh-native network, its width and attention."""
+
+    name: ClassVar[str] = "model"
+    kind: Literal["unet", "mesh"] = _key("unet")
+    width: int = _key(32, _at_least(1))
+    attention: bool = _key(True)
+
+
+@dataclass(frozen=True)
+class DiffusionConfig(_Section):
+    """The diffusion process and the loss: method, weights and the x0 estimate of the residual."""
+
+    name: ClassVar[str] = "diffusion"
+    T: int = _key(100, _at_least(1))
+    method: Literal["pidm", "ddpm", "physics_guided"] = _key("pidm")
+    c_data: float = _key(1.0, _at_least(0))
+    c_residual: float = _key(1e-3, _at_least(0))
+    residual: Literal["strong", "weak"] = _key("strong")
+    x0_estimation: Literal["mean", "sample"] = _key("mean")
+    sample_steps: int = _key(4, _at_least(1))
+    min_snr_gamma: float = _key(5.0, _above(0))
+    cond_dropout: float = _key(0.1, _in_interval(0, 1, closed_high=False))
+    c_eq: float = _key(0.0, _at_least(0))
+    c_ineq: float = _key(0.0, _at_least(0))
+    lambda_opt: float = _key(0.0, _at_least(0))
+
+
+@dataclass(frozen=True)
+class TrainingConfig(_Section):
+    """The optimisation loop: steps, batch, Adam, clipping, EMA, intervals, seed and device.
+
+    ``val_every`` and ``checkpoint_every`` of 0 mean only at the end;
+    ``keep_every`` > 0 also keeps a step-numbered checkpoint every that many steps.
+    """
+
+    name: ClassVar[str] = "training"
+    steps: int = _key(10000, _at_least(1))
+    batch_size: int = _key(32, _at_least(1))
+    lr: float = _key(1e-4, _above(0))
+    grad_clip: float = _key(1.0, _above(0))
+    ema_decay: float = _key(0.99, _in_interval(0, 1, closed_high=False))
+    ema_start: int = _key(1000, _at_least(0))
+    val_every: int = _key(500, _at_least(0))
+    checkpoint_every: int = _key(500, _at_least(0))
+    keep_every: int = _key(0, _at_least(0))
+    log_every: int = _key(10, _at_least(1))
+    seed: int = _key(0, _at_least(0))
+    device: str = _key("cpu", _torch_device)
+
+
+@dataclass(frozen=True)
+class SamplingConfig(_Section):
+    """Sampling: sampler, DDIM steps and eta, guidance scale, CoCoGen corrections, sample count."""
+
+    name: ClassVar[str] = "sampling"
+    sampler: Literal["ddpm", "ddim"] = _key("ddpm")
+    ddim_steps: int = _key(50, _at_least(1))
+    eta: float = _key(0.0, _in_interval(0, 1, closed_high=True))
+    guidance_scale: float = _key(3.0, _at_least(0))
+    cocogen_during: int = _key(0, _at_least(0))
+    cocogen_after: int = _key(0, _at_least(0))
+    cocogen_step: float = _key(1e-3, _above(0))
+    n_samples: int = _key(64, _at_least(1))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The whole run configuration; checks the keys that depend on each other."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def __post_init__(self) -> None:
+        T = self.diffusion.T
+        for key, value in (
+            ("diffusion.sample_steps", self.diffusion.sample_steps),
+            ("sampling.ddim_steps", self.sampling.ddim_steps),
+            ("sampling.cocogen_during", self.sampling.cocogen_during),
+        ):
+            if value > T:
+                raise ConfigError(f"{key}: must be <= diffusion.T ({T}), got {value}")
+
+
+@cache
+def _type_hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def _converted(value: Any, annotation: Any, key: str) -> Any:
+    """``value`` as the type ``annotation`` asks for, or a ConfigError naming ``key``."""
+    got = f"got {type(value).__name__} {value!r}"
+    if get_origin(annotation) is Literal:
+        choices = get_args(annotation)
+        if isinstance(value, str) and value in choices:
+            return value
+        listed = ", ".join(repr(c) for c in choices)
+        close = difflib.get_close_matches(str(value), choices, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{key}: must be one of {listed}, got {value!r}{hint}")
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: must be true or false, {got}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: must be an integer, {got}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"{key}: must be a finite number, got {value}")
+            return float(value)
+        raise ConfigError(f"{key}: must be a number, {got}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: must be a string, {got}")
+    raise TypeError(f"{key}: unsupported annotation {annotation!r}")
+
+
+def _unknown(key: str, known: list[str], what: str) -> ConfigError:
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return ConfigError(f"{key}: unknown {what}{hint}")
+
+
+def _build(d: Any) -> RunConfig:
+    if d is None:
+        d = {}
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"must be a mapping of sections, got {type(d).__name__}")
+    sections = _type_hints(RunConfig)
+    built = {}
+    for section, values in d.items():
+        if section not in sections:
+            raise _unknown(str(section), list(sections), "section")
+        if values is None:
+            values = {}
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{section}: must be a mapping of keys to values, got {type(values).__name__}")
+        cls = sections[section]
+        known = [item.name for item in fields(cls)]
+        for key in values:
+            if key not in known:
+                raise _unknown(f"{section}.{key}", known, "key")
+        built[section] = cls(**values)
+    return RunConfig(**built)
+
+
+def config_from_dict(d: Mapping[str, Any] | None, source: str = "<dict>") -> RunConfig:
+    """Build and check a configuration from nested mappings.
+
+    Parameters
+    ----------
+    d
+        ``{section: {key: value}}``; missing sections and keys take defaults,
+        ``None`` gives the default configuration.
+    source
+        Name used at the start of error messages (the file name when loading).
+
+    Returns
+    -------
+    RunConfig
+        The checked configuration.
+
+    Raises
+    ------
+    ConfigError
+        One line ``"<source>: <section>.<key>: <problem>"``.
+    """
+    try:
+        return _build(d)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def config_to_dict(config: RunConfig) -> dict[str, dict[str, Any]]:
+    """The configuration as nested plain dictionaries (YAML- and JSON-serialisable)."""
+    return dataclasses.asdict(config)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """YAML safe loader that reads ``1e-4`` as a float and refuses duplicate keys."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
+        mark = err.problem_mark
+        return f"{err.problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return " ".join(str(err).split())
+
+
+def load_config(path: str | os.PathLike) -> RunConfig:
+    """Read and check a YAML configuration file.
+
+    Parameters
+    ----------
+    path
+        The YAML file; an empty file gives the default configuration.
+
+    Returns
+    -------
+    RunConfig
+        The checked configuration.
+
+    Raises
+    ------
+    ConfigError
+        One line starting with ``path``: a missing or unreadable file, invalid
+        YAML, an unknown key or a bad value.
+    """
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ConfigError(f"{source}: cannot read the file ({err.strerror})") from None
+    try:
+        d = yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: invalid YAML: {_yaml_problem(err)}") from None
+    return config_from_dict(d, source)
+
+
+def save_config(config: RunConfig, path: str | os.PathLike) -> Path:
+    """Write ``config`` as YAML (atomically) so that :func:`load_config` gives it back.
+
+    Parameters
+    ----------
+    config
+        The configuration.
+    path
+        Destination file; its folder is created if needed.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    return Path(path)

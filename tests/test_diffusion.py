@@ -1,0 +1,374 @@
+"""Tests of the diffusion core (pure PyTorch): schedule, normaliser, PIDM loss, samplers, baselines.
+
+Physics residuals are small torch stand-ins (a fixed dense linear operator ``A x - b``);
+hand values are computed from the cosine formula with the ``math`` module, independently
+of the schedule class.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from pidm_fem.diffusion.guidance import CoCoGenCorrector, PhysicsGuidedConditioning
+from pidm_fem.diffusion.losses import PIDMLoss
+from pidm_fem.diffusion.normalization import FieldNormalizer
+from pidm_fem.diffusion.samplers import sample
+from pidm_fem.diffusion.schedule import CosineSchedule
+
+C, N = 2, 5  # fields and nodes of the toy samples
+
+
+def hand_alpha_bar(t: int, T: int, s: float = 0.008) -> float:
+    """abar_t from the clipped cosine betas, by hand (t = -1 gives 1)."""
+    f = [math.cos((k / T + s) / (1 + s) * math.pi / 2) ** 2 for k in range(T + 1)]
+    value = 1.0
+    for k in range(t + 1):
+        value *= 1 - min(1 - f[k + 1] / f[k], 0.999)
+    return value
+
+
+def hand_posterior_variance(t: int, T: int) -> float:
+    t = max(t, 1)
+    abar, abar_prev = hand_alpha_bar(t, T), hand_alpha_bar(t - 1, T)
+    beta = 1 - abar / abar_prev
+    return beta * (1 - abar_prev) / (1 - abar)
+
+
+class LinearResidual:
+    """``R(x) = A vec(x) - b`` on physical samples (B, C, n); records its inputs."""
+
+    def __init__(self, seed: int = 0, rows: int = 4):
+        g = torch.Generator().manual_seed(seed)
+        self.A = torch.randn(rows, C * N, generator=g, dtype=torch.float64)
+        self.b = torch.randn(rows, generator=g, dtype=torch.float64)
+        self.inputs: list[torch.Tensor] = []
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x.detach().clone())
+        return x.flatten(1) @ self.A.T - self.b
+
+
+class FixedDenoiser(nn.Module):
+    """Returns a fixed tensor whatever its input: an oracle when that tensor is the data."""
+
+    def __init__(self, output: torch.Tensor):
+        super().__init__()
+        self.register_buffer("output", output.clone())
+
+    def forward(self, x, t, cond=None, scalars=None):
+        return self.output + 0 * x
+
+
+class TinyDenoiser(nn.Module):
+    """Per-node channel mixing plus a learned time embedding and scalar term."""
+
+    def __init__(self, cond_channels: int = 0, n_scalars: int = 0, T: int = 100):
+        super().__init__()
+        self.mix = nn.Conv1d(C + cond_channels, C, 1)
+        self.hidden = nn.Conv1d(C, C, 1)
+        self.time = nn.Embedding(T, C)
+        self.scalars = nn.Linear(n_scalars, C) if n_scalars else None
+        self.double()
+
+    def forward(self, x, t, cond=None, scalars=None):
+        h = x if cond is None else torch.cat([x, cond], dim=1)
+        h = torch.tanh(self.mix(h)) + self.time(t).unsqueeze(-1)
+        if self.scalars is not None:
+            h = h + self.scalars(scalars).unsqueeze(-1)
+        return self.hidden(h)
+
+
+@pytest.fixture
+def normalizer() -> FieldNormalizer:
+    return FieldNormalizer([0.5, -2.0], [0.1, 3.0])
+
+
+@pytest.fixture
+def data(normalizer) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    return normalizer.denormalize(torch.randn(4, C, N, generator=g, dtype=torch.float64))
+
+
+def test_cosine_schedule_matches_hand_formula():
+    T = 10
+    schedule = CosineSchedule(T)
+    for t in range(T):
+        assert schedule.alpha_bar[t].item() == pytest.approx(hand_alpha_bar(t, T), rel=1e-12)
+        assert schedule.alpha_bar_prev[t].item() == pytest.approx(hand_alpha_bar(t - 1, T), rel=1e-12)
+    assert schedule.betas[-1].item() == 0.999  # the last beta is clipped
+    assert schedule.alpha_bar[-1].item() > 0
+    expected = hand_posterior_variance(1, T)
+    assert schedule.posterior_variance[1].item() == pytest.approx(expected, rel=1e-12)
+    assert schedule.posterior_variance[0].item() == schedule.posterior_variance[1].item()
+    assert schedule.posterior_variance[4].item() == pytest.approx(hand_posterior_variance(4, T), rel=1e-12)
+    snr = [hand_alpha_bar(t, T) / (1 - hand_alpha_bar(t, T)) for t in range(T)]
+    assert schedule.snr.tolist() == pytest.approx(snr, rel=1e-12)
+    weights = schedule.min_snr_weight(torch.arange(T))
+    assert weights.tolist() == pytest.approx([min(v, 5.0) for v in snr], rel=1e-12)
+    assert weights[0].item() == 5.0 and weights[-1].item() < 5.0
+
+
+def test_forward_and_posterior_formulas(data):
+    schedule = CosineSchedule()
+    x0, noise = data, torch.randn_like(data)
+    t = torch.tensor([0, 3, 50, 99])
+    x_t = schedule.q_sample(x0, t, noise)
+    assert torch.allclose(schedule.predict_noise(x_t, t, x0), noise, atol=1e-9)
+    ab = torch.tensor([hand_alpha_bar(k, 100) for k in t.tolist()], dtype=torch.float64).view(-1, 1, 1)
+    ab_prev = torch.tensor([hand_alpha_bar(k - 1, 100) for k in t.tolist()], dtype=torch.float64).view(-1, 1, 1)
+    beta = 1 - ab / ab_prev
+    mean = (beta * ab_prev.sqrt() * x0 + (1 - ab_prev) * (1 - beta).sqrt() * x_t) / (1 - ab)
+    assert torch.allclose(schedule.posterior_mean(x0, x_t, t), mean, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(schedule.posterior_mean(x0, x_t, t)[0], x0[0], atol=1e-12)  # t = 0 gives x0_hat
+    assert schedule.q_sample(x0.float(), t, noise.float()).dtype == torch.float32
+
+
+def test_residual_and_data_terms_match_hand_values(normalizer, data):
+    torch.manual_seed(0)
+    output = torch.randn(4, C, N, dtype=torch.float64)
+    residual = LinearResidual()
+    t = torch.tensor([0, 1, 37, 99])
+    loss = PIDMLoss(CosineSchedule(), normalizer, residual=residual)
+    total, parts = loss(FixedDenoiser(output), data, t=t)
+
+    mean = torch.tensor([0.5, -2.0], dtype=torch.float64).view(1, C, 1)
+    std = torch.tensor([0.1, 3.0], dtype=torch.float64).view(1, C, 1)
+    x_phys = output * std + mean
+    r = x_phys.flatten(1) @ residual.A.T - residual.b
+    variance = torch.tensor([hand_posterior_variance(k, 100) for k in t.tolist()], dtype=torch.float64)
+    expected_residual = 1e-3 * (r**2 / (2 * variance[:, None])).mean()
+    x0_norm = (data - mean) / std
+    alpha_bar = torch.tensor([hand_alpha_bar(k, 100) for k in t.tolist()], dtype=torch.float64)
+    snr = alpha_bar / (1 - alpha_bar)
+    expected_data = (snr.clamp(max=5.0) * ((output - x0_norm) ** 2).mean(dim=(1, 2))).mean()
+
+    assert parts["residual"] == pytest.approx(expected_residual.item(), rel=1e-10)
+    assert parts["data"] == pytest.approx(expected_data.item(), rel=1e-10)
+    assert parts["constraints"] == 0.0 and parts["objective"] == 0.0
+    assert total.item() == pytest.approx(parts["data"] + parts["residual"], rel=1e-12)
+    assert parts["total"] == pytest.approx(total.item(), rel=1e-12)
+    assert torch.allclose(residual.inputs[0], x_phys)  # the physics saw physical values
+
+
+@pytest.mark.parametrize(
+    ("method", "n_steps", "eta"),
+    [("ddpm", None, 0.0), ("ddim", 100, 0.0), ("ddim", 10, 0.0), ("ddim", 7, 0.5), ("ddim", 20, 1.0)],
+)
+def test_oracle_denoiser_sampling_reproduces_data(normalizer, data, method, n_steps, eta):
+    oracle = FixedDenoiser(normalizer.normalize(data))
+    generator = torch.Generator().manual_seed(3)
+    samples = sample(
+        oracle, CosineSchedule(), normalizer, tuple(data.shape), method=method, n_steps=n_steps, eta=eta,
+        generator=generator, dtype=torch.float64, progress=False,
+    )
+    assert torch.allclose(samples, data, rtol=0, atol=1e-11)
+
+
+def test_sample_estimate_with_oracle_returns_x0(normalizer, data):
+    residual = LinearResidual()
+    t = torch.tensor([0, 1, 50, 99])
+    loss = PIDMLoss(
+        CosineSchedule(), normalizer, residual=residual, c_residual=1.0, x0_estimate="sample", sample_steps=3
+    )
+    _, parts = loss(FixedDenoiser(normalizer.normalize(data)), data, generator=torch.Generator().manual_seed(0), t=t)
+    assert torch.allclose(residual.inputs[0], data, rtol=0, atol=1e-11)
+    r = data.flatten(1) @ residual.A.T - residual.b
+    variance = torch.tensor([hand_posterior_variance(k, 100) for k in t.tolist()], dtype=torch.float64)
+    assert parts["residual"] == pytest.approx((r**2 / (2 * variance[:, None])).mean().item(), rel=1e-8)
+
+
+def test_sample_estimate_gradients_reach_every_parameter(normalizer, data):
+    torch.manual_seed(0)
+    model = TinyDenoiser(n_scalars=1)
+    loss = PIDMLoss(
+        CosineSchedule(), normalizer, residual=LinearResidual(), c_data=0.0, c_residual=1.0,
+        x0_estimate="sample", sample_steps=3,
+    )
+    scalars = torch.rand(4, 1, dtype=torch.float64)
+    total, parts = loss(model, data, scalars=scalars, t=torch.tensor([5, 20, 60, 99]))
+    assert parts["data"] == 0.0 and parts["residual"] > 0
+    total.backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    # The chain evaluates the network at the later grid times too: their embedding rows get gradients.
+    rows_with_grad = set(torch.nonzero(model.time.weight.grad.abs().sum(dim=1)).flatten().tolist())
+    assert {5, 20, 60, 99} < rows_with_grad
+
+
+def test_plain_ddpm_never_calls_the_residual(normalizer, data):
+    def forbidden(x):
+        raise AssertionError("the residual must not be called when c_residual = 0")
+
+    for estimate in ("mean", "sample"):
+        loss = PIDMLoss(CosineSchedule(), normalizer, residual=forbidden, c_residual=0.0, x0_estimate=estimate)
+        total, parts = loss(TinyDenoiser(), data, generator=torch.Generator().manual_seed(0))
+        assert parts["residual"] == 0.0 and parts["total"] == pytest.approx(parts["data"])
+        total.backward()
+
+
+def test_constraint_and_objective_terms_match_hand_values(normalizer, data):
+    torch.manual_seed(0)
+    output = torch.randn(4, C, N, dtype=torch.float64)
+
+    def equality(x):
+        return x.sum(dim=(1, 2)) - 1.0
+
+    def inequality(x):  # first entry always satisfied (negative), second always violated
+        m = x[:, 0].mean(dim=1)
+        return torch.stack([m - 10.0, m + 10.0], dim=1)
+
+    def objective(x):
+        return x.pow(2).mean(dim=(1, 2))
+
+    t = torch.tensor([0, 10, 40, 80])
+    loss = PIDMLoss(
+        CosineSchedule(), normalizer, c_residual=0.0, equality=equality, c_eq=0.5,
+        inequality=inequality, c_ineq=2.0, objective=objective, lambda_opt=0.3,
+    )
+    total, parts = loss(FixedDenoiser(output), data, t=t)
+    x = normalizer.denormalize(output)
+    variance = torch.tensor([hand_posterior_variance(k, 100) for k in t.tolist()], dtype=torch.float64)[:, None]
+    g, h = equality(x)[:, None], inequality(x).clamp(min=0)
+    assert h[:, 0].abs().sum() == 0 and (h[:, 1] > 0).all()
+    expected_constraints = 0.5 * (g**2 / (2 * variance)).mean() + 2.0 * (h**2 / (2 * variance)).mean()
+    assert parts["constraints"] == pytest.approx(expected_constraints.item(), rel=1e-10)
+    assert parts["objective"] == pytest.approx(0.3 * objective(x).mean().item(), rel=1e-12)
+    assert parts["total"] == pytest.approx(parts["data"] + parts["constraints"] + parts["objective"], rel=1e-12)
+
+
+def test_cocogen_corrections_reduce_a_linear_residual(normalizer, data):
+    residual = LinearResidual()
+    std = normalizer.std.repeat_interleave(N)
+    hessian = (residual.A * std).T @ (residual.A * std)
+    corrector = CoCoGenCorrector(residual, normalizer, step_size=0.5 / torch.linalg.eigvalsh(hessian).max().item())
+    x = normalizer.normalize(data)
+    norms = []
+    for _ in range(6):
+        norms.append(residual(normalizer.denormalize(x)).norm(dim=1))
+        x = corrector.correct(x)
+    for before, after in zip(norms, norms[1:]):
+        assert (after < before).all()
+
+
+def test_cocogen_hooks_in_the_sampler(normalizer, data):
+    residual = LinearResidual()
+    x0_norm = normalizer.normalize(data)
+    oracle = FixedDenoiser(x0_norm)
+    schedule = CosineSchedule()
+
+    def draw(corrector):
+        return sample(oracle, schedule, normalizer, tuple(data.shape), corrector=corrector,
+                      generator=torch.Generator().manual_seed(0), dtype=torch.float64, progress=False)
+
+    # With an oracle the sample equals the data before the last step's correction.
+    last_only = CoCoGenCorrector(residual, normalizer, step_size=1e-3, n_during=1)
+    assert torch.allclose(draw(last_only), normalizer.denormalize(last_only.correct(x0_norm)), atol=1e-11)
+    after = CoCoGenCorrector(residual, normalizer, step_size=1e-3, n_during=3, n_after=4)
+    expected = normalizer.denormalize(after.correct(x0_norm, 5))
+    assert torch.allclose(draw(after), expected, atol=1e-11)
+    r0 = residual(data).norm(dim=1)
+    assert (residual(draw(after)).norm(dim=1) < r0).all()
+
+
+def test_gradient_channels_are_the_normalised_residual_gradient(normalizer, data):
+    residual = LinearResidual()
+    guidance = PhysicsGuidedConditioning(residual, normalizer)
+    x_t = torch.randn(4, C, N, dtype=torch.float64)
+    channels = guidance.gradient_channels(x_t)
+    r = normalizer.denormalize(x_t).flatten(1) @ residual.A.T - residual.b
+    grad = (r @ residual.A).view(4, C, N) * normalizer.std.view(1, C, 1)  # chain rule to normalised units
+    expected = grad / grad.pow(2).mean(dim=(1, 2), keepdim=True).sqrt()
+    assert torch.allclose(channels, expected, atol=1e-12)
+    assert torch.allclose(channels.pow(2).mean(dim=(1, 2)), torch.ones(4, dtype=torch.float64))
+
+
+def test_classifier_free_guidance(normalizer):
+    torch.manual_seed(0)
+    model = TinyDenoiser(cond_channels=1 + C)
+    x_t = torch.randn(3, C, N, dtype=torch.float64)
+    t = torch.tensor([4, 50, 99])
+    cond = torch.randn(3, 1, N, dtype=torch.float64)
+    guidance = PhysicsGuidedConditioning(LinearResidual(), normalizer, scale=0.0)
+    full = guidance.condition(x_t, cond)
+    assert torch.equal(full[:, :1], cond) and full.shape == (3, 1 + C, N)
+    conditional = model(x_t, t, cond=full)
+    assert torch.allclose(guidance.predict(model, x_t, t, cond), conditional, atol=1e-14)
+    null = torch.cat([cond, torch.zeros(3, C, N, dtype=torch.float64)], dim=1)
+    guidance.scale = 3.0
+    expected = 4.0 * conditional - 3.0 * model(x_t, t, cond=null)
+    assert torch.allclose(guidance.predict(model, x_t, t, cond), expected, atol=1e-13)
+
+
+def test_loss_builds_and_drops_the_gradient_channels(normalizer, data):
+    seen = []
+
+    class Recorder(TinyDenoiser):
+        def forward(self, x, t, cond=None, scalars=None):
+            seen.append(cond.detach().clone())
+            return super().forward(x, t, cond=cond, scalars=scalars)
+
+    model = Recorder(cond_channels=1 + C)
+    cond = torch.randn(4, 1, N, dtype=torch.float64)
+    for dropout in (0.0, 1.0):
+        guidance = PhysicsGuidedConditioning(LinearResidual(), normalizer, dropout=dropout)
+        loss = PIDMLoss(CosineSchedule(), normalizer, c_residual=0.0, conditioning=guidance)
+        loss(model, data, cond=cond, generator=torch.Generator().manual_seed(0))
+        assert seen[-1].shape == (4, 1 + C, N) and torch.equal(seen[-1][:, :1], cond)
+        rms = seen[-1][:, 1:].pow(2).mean(dim=(1, 2)).sqrt()
+        expected = torch.zeros(4) if dropout == 1.0 else torch.ones(4)
+        assert torch.allclose(rms.float(), expected)
+
+
+def test_guided_sampling_runs_and_is_seeded(normalizer):
+    torch.manual_seed(0)
+    model = TinyDenoiser(cond_channels=C, n_scalars=2)
+    guidance = PhysicsGuidedConditioning(LinearResidual(), normalizer)
+    scalars = torch.rand(3, 2, dtype=torch.float64)
+
+    def draw(seed):
+        return sample(model, CosineSchedule(), normalizer, (3, C, N), method="ddim", n_steps=8, eta=0.5,
+                      scalars=scalars, guidance=guidance, generator=torch.Generator().manual_seed(seed),
+                      dtype=torch.float64, progress=False)
+
+    first = draw(7)
+    assert first.shape == (3, C, N) and torch.isfinite(first).all()
+    assert torch.equal(first, draw(7))
+    assert not torch.allclose(first, draw(8))
+
+
+def test_normalizer_round_trip_and_state_dict():
+    torch.manual_seed(0)
+    data = torch.randn(6, 3, 7, dtype=torch.float64) * torch.tensor([0.05, 1.0, 40.0]).view(1, 3, 1)
+    data = data + torch.tensor([1.0, 0.0, -5.0]).view(1, 3, 1)
+    normalizer = FieldNormalizer.fit(data)
+    z = normalizer.normalize(data)
+    assert torch.allclose(z.mean(dim=(0, 2)), torch.zeros(3, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(z.std(dim=(0, 2), correction=0), torch.ones(3, dtype=torch.float64))
+    assert torch.allclose(normalizer.denormalize(z), data, atol=1e-12)
+    restored = FieldNormalizer.from_state_dict(normalizer.state_dict())
+    assert torch.equal(restored.normalize(data), z)
+    assert normalizer.normalize(data.float()).dtype == torch.float32
+    with pytest.raises(ValueError, match="expected samples of shape"):
+        normalizer.normalize(torch.zeros(2, 2, 7))
+    with pytest.raises(ValueError, match="zero or non-finite standard deviation"):
+        FieldNormalizer.fit(torch.ones(2, 1, 3))
+
+
+def test_input_errors_are_clear(normalizer, data):
+    schedule = CosineSchedule()
+    with pytest.raises(ValueError, match="x0_estimate"):
+        PIDMLoss(schedule, normalizer, c_residual=0.0, x0_estimate="median")
+    with pytest.raises(ValueError, match="needs a residual"):
+        PIDMLoss(schedule, normalizer)
+    with pytest.raises(ValueError, match="visits all"):
+        sample(TinyDenoiser(), schedule, normalizer, (1, C, N), method="ddpm", n_steps=10, progress=False)
+    with pytest.raises(ValueError, match="n_steps"):
+        sample(TinyDenoiser(), schedule, normalizer, (1, C, N), method="ddim", n_steps=101, progress=False)
+    with pytest.raises(ValueError, match="timesteps must lie"):
+        schedule.q_sample(data, torch.tensor([0, 1, 2, 100]), data)
+    with pytest.raises(ValueError, match="T must be"):
+        CosineSchedule(1)
