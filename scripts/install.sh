@@ -25,7 +25,8 @@ cd "$ROOT"
 PYTHON="${PYTHON:-python3}"
 VENV="${VENV:-$ROOT/.venv}"
 export OMP_NUM_THREADS=1
-export MAKEFLAGS="${MAKEFLAGS:--j$(nproc)}"
+# nproc would honour OMP_NUM_THREADS=1: count the processors directly.
+export MAKEFLAGS="${MAKEFLAGS:--j$(getconf _NPROCESSORS_ONLN)}"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 die() { echo "install.sh: error: $*" >&2; exit 1; }
@@ -44,7 +45,7 @@ run_logged() {
         sleep 20
         if kill -0 "$pid" 2>/dev/null; then
             printf '    ... %4d s  %s\n' "$(( $(now) - t0 ))" \
-                "$(tail -n 1 "$log" | tr -d '\r' | cut -c1-110)"
+                "$(grep -v -E "^[[:space:]=*-]*$" "$log" | tail -n 1 | tr -d "\r" | cut -c1-110)"
         fi
     done
     if ! wait "$pid"; then
@@ -156,8 +157,11 @@ if have_wheel petsc4py "$PIN_PETSC4PY" && have_wheel h5py "$PIN_H5PY" && have_wh
 else
     [[ -x "$BPY" ]] || "$PYTHON" -m venv "$BUILD_VENV"
     mkdir -p "$WHEELS"
-    run_logged "$STACK/build-tools.log" "$BPY" -m pip install --upgrade pip setuptools wheel \
-        "Cython>=3.0" numpy pkgconfig pybind11 "mpi4py==$PIN_MPI4PY" firedrake-rtree "libsupermesh>=2026.3"
+    # Firedrake's build requirements (its pyproject.toml), installed here because the
+    # wheels are built without isolation, against this PETSc and petsc4py.
+    run_logged "$STACK/build-tools.log" "$BPY" -m pip install --upgrade pip "setuptools>=77.0.3" wheel \
+        "Cython>=3.0" numpy pkgconfig pybind11 "mpi4py==$PIN_MPI4PY" "firedrake-rtree>=2026.3.0" \
+        "libsupermesh>=2026.3" petsctools "rtree>=1.2"
     if ! have_wheel petsc4py "$PIN_PETSC4PY"; then
         echo "    petsc4py (about 5 min); log: $STACK/petsc4py-build.log"
         run_logged "$STACK/petsc4py-build.log" "$BPY" -m pip wheel --no-cache-dir --no-deps \
@@ -199,6 +203,7 @@ fi
 # --- 5. smoke test ----------------------------------------------------------
 phase_start "smoke test (Poisson on a unit square, P1, two meshes)"
 "$VPY" - <<'EOF'
+import pidm_fem  # noqa: F401  (first: it silences the known PETSc patch-version warning)
 import firedrake as fd
 errors = []
 for n in (8, 16):
@@ -213,7 +218,7 @@ for n in (8, 16):
     errors.append(fd.errornorm(exact, uh))
 rate = __import__("math").log2(errors[0] / errors[1])
 assert 1.8 < rate < 2.2, f"smoke test: L2 convergence rate {rate:.2f}, expected 2"
-import torch, pidm_fem  # noqa: F401
+import torch
 print(f"    Firedrake Poisson L2 errors {errors[0]:.2e} -> {errors[1]:.2e} (rate {rate:.2f}); torch {torch.__version__}")
 EOF
 phase_end

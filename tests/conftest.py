@@ -5,6 +5,9 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+# Firedrake hands sys.argv (pytest's options) to PETSc; do not list them as unused at exit.
+os.environ.setdefault("PETSC_OPTIONS", "-options_left no")
+
 import pytest  # noqa: E402
 
 

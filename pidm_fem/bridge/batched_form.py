@@ -6,8 +6,9 @@ form built by the user's callable is instantiated once per component and the
 instances are summed into one form; TSFC compiles it once into a single
 kernel, and one cell loop assembles every sample of the chunk. Because the
 samples never mix, the sum is block diagonal: assembled against a batched test
-function it yields each sample's residual vector, and for scalar functionals a
-test function from a batched Real space yields one number per sample.
+function it yields each sample's residual vector, and for scalar functionals the
+test functions of a mixed space of ``chunk`` Real spaces yield one number per
+sample.
 
 Vector-Jacobian products are assembled directly as the derivative, with respect
 to each batched field, of the residual form with its test function replaced by
@@ -140,19 +141,20 @@ class BatchedFormOperator:
         self._data = _BatchedFunctions(self.data_layout, chunk) if self.data_layout else None
         mesh = self.layout.mesh
         if test_space is None:
-            out_space = fd.VectorFunctionSpace(mesh, "R", 0, dim=chunk)
+            out_space = fd.MixedFunctionSpace([fd.FunctionSpace(mesh, "R", 0)] * chunk)
+            tests = fd.TestFunctions(out_space)
         else:
             out_space = batched_space(test_space, chunk)
-        self._out_space = out_space
-        v = fd.TestFunction(out_space)
+            v = fd.TestFunction(out_space)
+            tests = [component(v, i, tuple(test_space.value_shape)) for i in range(chunk)]
         field_samples = self._fields.samples()
         data_samples = self._data.samples() if self._data else [{}] * chunk
         terms = []
         for i in range(chunk):
             if test_space is None:
-                terms.append(_scale_integrals(build(field_samples[i], data_samples[i], None), v[i]))
+                terms.append(_scale_integrals(build(field_samples[i], data_samples[i], None), tests[i]))
             else:
-                terms.append(build(field_samples[i], data_samples[i], component(v, i, tuple(test_space.value_shape))))
+                terms.append(build(field_samples[i], data_samples[i], tests[i]))
         self.form = sum(terms[1:], terms[0])
         self._cotangent = fd.Function(out_space, name="cotangent")
         weighted = ufl.action(self.form, self._cotangent)
@@ -195,20 +197,26 @@ class BatchedFormOperator:
         """Vector-Jacobian product ``(d out / d x)^T cotangent`` for every row, shape (B, total)."""
         cotangent = np.asarray(cotangent, dtype=float).reshape(len(x), self.output_size)
         grads = {name: np.empty((len(x), size)) for name, size in zip(self.layout.names, self.layout.sizes)}
-        lam = self._cotangent.dat.data
         for start, stop in self._chunks(x, data):
             n = stop - start
             padded = np.zeros((self.chunk, self.output_size))
             padded[:n] = cotangent[start:stop]
-            lam[:] = np.moveaxis(padded.reshape((self.chunk, lam.shape[0]) + lam.shape[2:]), 0, 1) \
-                if self.test_space is not None else padded[:, 0]
+            self._set_cotangent(padded)
             for name, form in self.vjp_forms.items():
                 fd.assemble(form, tensor=self._vjp_out[name])
                 grads[name][start:stop] = _unbatch(self._vjp_out[name].dat.data_ro, n)
         return self.layout.join(grads)
 
-    def _values(self, cofunction: fd.Cofunction, n: int) -> np.ndarray:
-        data = cofunction.dat.data_ro
+    def _set_cotangent(self, padded: np.ndarray) -> None:
+        """Load (chunk, output_size) cotangent values into the batched cotangent Function."""
         if self.test_space is None:
-            return data[:n].reshape(n, 1)
-        return _unbatch(data, n)
+            for i, values in enumerate(self._cotangent.dat.data):
+                values[:] = padded[i, 0]
+            return
+        lam = self._cotangent.dat.data
+        lam[:] = np.moveaxis(padded.reshape((self.chunk, lam.shape[0]) + lam.shape[2:]), 0, 1)
+
+    def _values(self, cofunction: fd.Cofunction, n: int) -> np.ndarray:
+        if self.test_space is None:
+            return np.array([values[0] for values in cofunction.dat.data_ro[:n]]).reshape(n, 1)
+        return _unbatch(cofunction.dat.data_ro, n)

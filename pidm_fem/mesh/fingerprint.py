@@ -17,7 +17,7 @@ def mesh_fingerprint(mesh) -> str:
     """
     digest = hashlib.sha256()
     coords = mesh.coordinates
-    digest.update(np.array([mesh.topological_dimension(), mesh.geometric_dimension()]).tobytes())
+    digest.update(np.array([mesh.topological_dimension, mesh.geometric_dimension]).tobytes())
     digest.update(np.asarray([float(f"{c:.12g}") for c in coords.dat.data_ro.ravel()]).tobytes())
     digest.update(np.ascontiguousarray(coords.function_space().cell_node_list, dtype=np.int64).tobytes())
     digest.update(np.asarray(sorted(mesh.exterior_facets.unique_markers), dtype=np.int64).tobytes())

@@ -10,6 +10,8 @@ integer cell-data array of the line blocks).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 from pathlib import Path
 
@@ -70,19 +72,32 @@ def load_mesh(path: str | os.PathLike, *, name: str | None = None, comm=None):
     else:
         plex = _plex_from_meshio(path, comm)
         mesh = fd.Mesh(plex, name=name, comm=comm)
-    if mesh.topological_dimension() != 2 or mesh.geometric_dimension() != 2:
-        raise MeshError(path, f"{mesh.geometric_dimension()}D mesh; pidm_fem needs a 2D triangle mesh")
-    if mesh.ufl_cell().cellname() != "triangle":
-        raise MeshError(path, f"{mesh.ufl_cell().cellname()} cells; pidm_fem needs triangles")
+    if mesh.topological_dimension != 2 or mesh.geometric_dimension != 2:
+        raise MeshError(path, f"{mesh.geometric_dimension}D mesh; pidm_fem needs a 2D triangle mesh")
+    if mesh.ufl_cell().cellname != "triangle":
+        raise MeshError(path, f"{mesh.ufl_cell().cellname} cells; pidm_fem needs triangles")
     return mesh
+
+
+def _read_meshio(path: Path, file_format: str | None = None):
+    """``meshio.read`` that raises instead of printing and exiting.
+
+    meshio prints and calls ``sys.exit`` for some unreadable files, and raises
+    many exception types for others.
+    """
+    import meshio
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            return meshio.read(path, file_format=file_format)
+        except SystemExit:
+            raise ValueError(f"not a readable {file_format or path.suffix or 'mesh'} file") from None
 
 
 def _gmsh_dimension(path: Path) -> int | None:
     """Largest element dimension of a gmsh file, or None if it is not a readable gmsh file."""
-    import meshio
-
     try:
-        mesh = meshio.read(path, file_format="gmsh")
+        mesh = _read_meshio(path, file_format="gmsh")
     except Exception:  # meshio raises many types; the caller reports the problem
         return None
     return _cell_dimension(mesh)
@@ -99,11 +114,10 @@ def _cell_dimension(mesh) -> int:
 
 def _plex_from_meshio(path: Path, comm):
     """Build a DMPlex with a "Face Sets" label from a file meshio reads."""
-    import meshio
     from firedrake.petsc import PETSc
 
     try:
-        mesh = meshio.read(path)
+        mesh = _read_meshio(path)
     except Exception as err:  # meshio raises many types for unreadable files
         msg = str(err).strip() or type(err).__name__
         raise MeshError(path, f"meshio cannot read this file ({msg})") from None

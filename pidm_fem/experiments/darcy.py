@@ -1,0 +1,389 @@
+"""The Darcy case study (method.md, section 3): data, training and sampling of a PIDM.
+
+A :class:`DarcyExperiment` joins the layers below from a run configuration and a mesh:
+
+* **data**: samples ``[p, K]`` from :class:`~pidm_fem.physics.darcy_data.DarcySampleGenerator`,
+  generated once into one sample file under the data folder, named by the mesh
+  fingerprint, a digest of the generator settings and the number of rows, and
+  reused afterwards. The training, validation and test splits are consecutive
+  index ranges of that file (sizes from the ``data`` section).
+* **units**: the network sees per-field normalised (B, 2, n) tensors (a
+  :class:`~pidm_fem.diffusion.FieldNormalizer` fitted on the training split); the
+  physics sees physical values through the bridge's Darcy residual (strong-form
+  nodal ``M_L^{-1} R`` or the weak vector ``R``, per ``diffusion.residual``).
+* **loss** (:func:`diffusion_loss`): ``ddpm`` is the data loss alone, ``pidm`` adds the
+  residual term, ``physics_guided`` feeds the residual gradient as condition channels.
+* **training** with the :class:`~pidm_fem.training.Trainer` in the run folder; the
+  checkpoints hold the normaliser (``extra["normalizer"]``) and the mesh fingerprint.
+* **sampling** from a checkpoint's EMA weights per the ``sampling`` section, with
+  CoCoGen corrections and classifier-free guidance as configured; the pressure of
+  the returned rows has zero mean (the gauge).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pidm_fem.data import generate_samples, load_samples
+from pidm_fem.diffusion import (
+    CoCoGenCorrector,
+    CosineSchedule,
+    FieldNormalizer,
+    PhysicsGuidedConditioning,
+    PIDMLoss,
+    Residual,
+    sample,
+)
+from pidm_fem.experiments.denoisers import build_denoiser
+from pidm_fem.experiments.node_fields import NodeFields
+from pidm_fem.mesh import default_mesh_path
+from pidm_fem.physics.darcy_data import DarcyDataSettings, DarcySampleGenerator, make_darcy_generator
+from pidm_fem.training import (
+    CheckpointError,
+    ConfigError,
+    RunConfig,
+    Trainer,
+    TrainingSummary,
+    config_to_dict,
+    load_checkpoint,
+)
+from pidm_fem.training.checkpoint import LAST
+from pidm_fem.training.config import DiffusionConfig
+
+#: dtype of the network and of the tensors it sees (the physics computes in float64)
+DTYPE = torch.float32
+#: key of the normaliser statistics in a checkpoint's ``extra``
+NORMALIZER_KEY = "normalizer"
+
+
+def diffusion_loss(
+    config: DiffusionConfig,
+    schedule: CosineSchedule,
+    normalizer: FieldNormalizer,
+    residual: Residual,
+    *,
+    training: bool = True,
+) -> PIDMLoss:
+    """The loss of ``config.method`` for a problem with a residual and no other physics terms.
+
+    * ``ddpm``: the min-SNR data loss alone; the residual is never called.
+    * ``pidm``: plus ``c_residual`` times the residual term, with the x0 estimate
+      ``x0_estimation`` (and ``sample_steps`` for "sample").
+    * ``physics_guided``: the data loss of a denoiser that receives the residual
+      gradient of x_t as C extra condition channels, dropped with probability
+      ``cond_dropout`` when ``training``.
+
+    Parameters
+    ----------
+    config
+        The ``diffusion`` section of the run configuration.
+    schedule
+        The noise schedule.
+    normalizer
+        The normaliser of the training data.
+    residual
+        Differentiable residual on physical samples, (B, C, n) -> (B, M).
+    training
+        Condition dropout on (training) or off (validation); only physics_guided uses it.
+
+    Raises
+    ------
+    ConfigError
+        If ``c_eq``, ``c_ineq`` or ``lambda_opt`` is non-zero (the problem has no such functionals).
+    """
+    for key in ("c_eq", "c_ineq", "lambda_opt"):
+        if getattr(config, key) != 0:
+            raise ConfigError(
+                f"diffusion.{key}: this problem has no constraint or objective functional; "
+                f"must be 0, got {getattr(config, key)}"
+            )
+    pidm = config.method == "pidm"
+    conditioning = None
+    if config.method == "physics_guided":
+        conditioning = PhysicsGuidedConditioning(residual, normalizer, dropout=config.cond_dropout if training else 0.0)
+    return PIDMLoss(
+        schedule,
+        normalizer,
+        residual=residual if pidm else None,
+        c_data=config.c_data,
+        c_residual=config.c_residual if pidm else 0.0,
+        x0_estimate=config.x0_estimation,
+        sample_steps=config.sample_steps,
+        snr_gamma=config.min_snr_gamma,
+        conditioning=conditioning,
+    )
+
+
+@dataclass(frozen=True)
+class DarcySplits:
+    """Physical sample rows ``[p, K]`` of the three splits, each (N, 2n) float64."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+class DarcyExperiment:
+    """Data, training and sampling of a diffusion model of Darcy fields ``[p, K]`` on a mesh.
+
+    Parameters
+    ----------
+    config
+        The run configuration.
+    mesh_path
+        Mesh file of the fields; the shipped default mesh when None.
+    data_dir
+        Folder of the cached sample files.
+    run_dir
+        Folder of the run's checkpoints and log.
+    data_options
+        Further :class:`~pidm_fem.physics.darcy_data.DarcyDataSettings` (``sampler``,
+        ``length``, ``n_modes``, ``source``, ``degree``); the mesh and the seed
+        (``data.seed``) come from the arguments and the configuration.
+    workers
+        Processes that generate missing samples.
+    progress
+        Show progress bars.
+
+    Attributes
+    ----------
+    settings
+        The generator settings.
+    generator
+        The sample generator (its ``layout`` packs the rows).
+    problem
+        The generator's :class:`~pidm_fem.physics.darcy.DarcyProblem`.
+    fields
+        Rows <-> (B, 2, n) tensors.
+    mesh
+        The mesh as the denoisers see it.
+    fingerprint
+        Fingerprint of the mesh and field degree, stored in data files and checkpoints.
+    schedule
+        The noise schedule.
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        mesh_path: str | os.PathLike | None = None,
+        *,
+        data_dir: str | os.PathLike,
+        run_dir: str | os.PathLike,
+        data_options: Mapping[str, Any] | None = None,
+        workers: int = 1,
+        progress: bool = True,
+    ):
+        self.config = config
+        self.data_dir, self.run_dir = Path(data_dir), Path(run_dir)
+        self.workers, self.progress = workers, progress
+        mesh_path = default_mesh_path() if mesh_path is None else mesh_path
+        self.settings = DarcyDataSettings(mesh=str(mesh_path), seed=config.data.seed, **dict(data_options or {}))
+        self.generator = DarcySampleGenerator(self.settings)
+        self.problem = self.generator.problem
+        self.fields = NodeFields(self.generator.layout)
+        self.mesh = self.fields.mesh_nodes()
+        self.fingerprint = self.generator.fingerprint
+        self.schedule = CosineSchedule(config.diffusion.T)
+        self._rows_residual = self.problem.torch_residual(strong=config.diffusion.residual == "strong")
+        self._splits: DarcySplits | None = None
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """Darcy residual of physical fields (B, 2, n), per ``diffusion.residual``: (B, n), differentiable."""
+        return self._rows_residual(self.fields.to_rows(x))
+
+    @property
+    def n_rows(self) -> int:
+        """Rows of the sample file: training, validation and test samples together."""
+        data = self.config.data
+        return data.n_train + data.n_val + data.n_test
+
+    def data_path(self) -> Path:
+        """The sample file of this experiment's settings, mesh and size."""
+        settings = json.dumps(self.settings.as_dict(), sort_keys=True)
+        digest = hashlib.sha256(settings.encode()).hexdigest()[:12]
+        return self.data_dir / f"darcy_{self.fingerprint}_{digest}_{self.n_rows}.h5"
+
+    def dataset(self) -> DarcySplits:
+        """The training, validation and test rows, generating the sample file if it is missing."""
+        if self._splits is None:
+            layout = self.generator.layout
+            make = partial(make_darcy_generator, self.settings) if self.workers > 1 else lambda: self.generator
+            path = generate_samples(
+                self.data_path(),
+                self.n_rows,
+                make,
+                self.fingerprint,
+                self.settings.as_dict(),
+                {name: layout.dof_coordinates(name) for name in layout.names},
+                workers=self.workers,
+                progress=self.progress,
+            )
+            rows, _ = load_samples(path, self.fingerprint, layout.names, self.settings.as_dict())
+            n_train, n_val = self.config.data.n_train, self.config.data.n_val
+            self._splits = DarcySplits(
+                train=rows[:n_train], val=rows[n_train : n_train + n_val], test=rows[n_train + n_val :]
+            )
+        return self._splits
+
+    def node_tensor(self, rows: np.ndarray) -> torch.Tensor:
+        """Rows (N, 2n) as the network-dtype tensor (N, 2, n)."""
+        return self.fields.to_nodes(torch.as_tensor(rows, dtype=DTYPE))
+
+    def fit_normalizer(self) -> FieldNormalizer:
+        """Per-field statistics of the training split."""
+        return FieldNormalizer.fit(self.node_tensor(self.dataset().train))
+
+    def build_model(self) -> nn.Module:
+        """A freshly initialised denoiser of ``config.model``, seeded by ``training.seed``.
+
+        Physics-guided conditioning gives it one condition channel per field. The
+        global torch RNG is left as it was.
+        """
+        n_fields = self.fields.n_channels
+        cond_channels = n_fields if self.config.diffusion.method == "physics_guided" else 0
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.config.training.seed)
+            return build_denoiser(
+                self.config.model,
+                self.mesh,
+                n_fields,
+                cond_channels=cond_channels,
+                n_timesteps=self.config.diffusion.T,
+            )
+
+    def trainer(self) -> Trainer:
+        """A :class:`~pidm_fem.training.Trainer` on the training split, resuming from the run folder.
+
+        Its loss draws t, the noise and the condition dropout from the trainer's
+        generator; validation (on the validation split, if any) runs without dropout.
+        """
+        splits = self.dataset()
+        normalizer = self.fit_normalizer()
+        diffusion = self.config.diffusion
+        train_loss = diffusion_loss(diffusion, self.schedule, normalizer, self.residual, training=True)
+        eval_loss = diffusion_loss(diffusion, self.schedule, normalizer, self.residual, training=False)
+
+        def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator):
+            loss = train_loss if model.training else eval_loss
+            return loss(model, batch["x0"], generator=generator)
+
+        val_data = {"x0": self.node_tensor(splits.val)} if len(splits.val) else None
+        return Trainer(
+            self.build_model(),
+            loss_fn,
+            {"x0": self.node_tensor(splits.train)},
+            self.config,
+            self.run_dir,
+            val_data=val_data,
+            mesh_fingerprint=self.fingerprint,
+            extra={NORMALIZER_KEY: normalizer.state_dict()},
+            progress=self.progress,
+        )
+
+    def train(self) -> TrainingSummary:
+        """Train (or resume training) up to ``training.steps``; the last checkpoint is ``run_dir/last.pt``."""
+        return self.trainer().train()
+
+    def sample(
+        self, n_samples: int | None = None, *, seed: int = 0, checkpoint: str | os.PathLike | None = None
+    ) -> np.ndarray:
+        """Draw physical rows ``[p, K]`` from a checkpoint's EMA weights, per ``config.sampling``.
+
+        Batches of ``training.batch_size`` samples are drawn in turn from one generator.
+        CoCoGen corrections run when ``cocogen_during`` or ``cocogen_after`` is positive;
+        a physics-guided model is sampled with classifier-free guidance of scale
+        ``guidance_scale``.
+
+        Parameters
+        ----------
+        n_samples
+            Number of samples; ``sampling.n_samples`` when None.
+        seed
+            Seed of the sampling noise.
+        checkpoint
+            Checkpoint file; ``run_dir/last.pt`` when None.
+
+        Returns
+        -------
+        numpy.ndarray
+            (n_samples, 2n) float64 rows with zero-mean pressure.
+
+        Raises
+        ------
+        CheckpointError
+            If the checkpoint is missing, from another mesh, or trained with another
+            ``model`` or ``diffusion`` configuration.
+        """
+        settings = self.config.sampling
+        n_samples = settings.n_samples if n_samples is None else n_samples
+        if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 1:
+            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+        path = self.run_dir / LAST if checkpoint is None else Path(checkpoint)
+        state = load_checkpoint(path, self.fingerprint)
+        ours = config_to_dict(self.config)
+        for section in ("model", "diffusion"):
+            if state.config.get(section) != ours[section]:
+                raise CheckpointError(path, f"trained with another {section} configuration than this experiment's")
+        normalizer = FieldNormalizer.from_state_dict(state.extra[NORMALIZER_KEY])
+        device = torch.device(self.config.training.device)
+        model = self.build_model()
+        model.load_state_dict(state.ema["shadow"])
+        model.to(device).eval()
+
+        corrector = guidance = None
+        if settings.cocogen_during or settings.cocogen_after:
+            corrector = CoCoGenCorrector(
+                self.residual, normalizer, settings.cocogen_step, settings.cocogen_during, settings.cocogen_after
+            )
+        if self.config.diffusion.method == "physics_guided":
+            guidance = PhysicsGuidedConditioning(
+                self.residual, normalizer, dropout=self.config.diffusion.cond_dropout, scale=settings.guidance_scale
+            )
+        generator = torch.Generator().manual_seed(seed)
+        batch = self.config.training.batch_size
+        chunks = [
+            sample(
+                model,
+                self.schedule,
+                normalizer,
+                (min(batch, n_samples - start), self.fields.n_channels, self.fields.n_nodes),
+                method=settings.sampler,
+                n_steps=settings.ddim_steps if settings.sampler == "ddim" else None,
+                eta=settings.eta,
+                generator=generator,
+                corrector=corrector,
+                guidance=guidance,
+                dtype=DTYPE,
+                device=device,
+                progress=self.progress,
+            )
+            for start in range(0, n_samples, batch)
+        ]
+        rows = self.fields.to_rows(torch.cat(chunks)).to(device="cpu", dtype=torch.float64).numpy()
+        return self.remove_pressure_mean(rows)
+
+    def remove_pressure_mean(self, rows: np.ndarray) -> np.ndarray:
+        """A copy of ``rows`` (B, 2n) whose pressure has zero mean over the domain (the gauge).
+
+        The mean is the integral of the P1 pressure over the area: the lumped mass
+        entries are the integrals of the basis functions, so ``M_L . p / sum(M_L)``
+        is exact (the gauge :meth:`DarcyProblem.solve` uses).
+        """
+        layout = self.generator.layout
+        rows = np.array(layout.check(rows), dtype=np.float64)
+        weights = self.problem.lumped_mass()
+        pressure = rows[:, layout.block("p")]
+        pressure -= (pressure @ weights / weights.sum())[:, None]
+        return rows

@@ -1,0 +1,220 @@
+"""The Darcy PIDM case study: conversions, model factory, losses through the bridge, runs end to end."""
+
+import dataclasses
+
+import firedrake as fd
+import numpy as np
+import pytest
+import torch
+
+from pidm_fem.bridge import FieldLayout
+from pidm_fem.experiments import DarcyExperiment, NodeFields, build_denoiser, diffusion_loss
+from pidm_fem.mesh import unit_square_family
+from pidm_fem.models import MeshDenoiser, RasterUNet, count_parameters
+from pidm_fem.physics.darcy import DarcyProblem
+from pidm_fem.training import CheckpointError, ConfigError, config_from_dict, load_checkpoint, load_config
+from pidm_fem.training.config import ModelConfig
+
+COARSE_MESH = unit_square_family()[0]
+
+
+def small_config(**sections):
+    """A tiny run on the coarse mesh: 4 training samples, short schedule, small mesh denoiser."""
+    base = {
+        "data": {"n_train": 4, "n_val": 2, "n_test": 2, "seed": 3},
+        "model": {"kind": "mesh", "width": 16},
+        "diffusion": {"T": 20, "method": "pidm", "c_residual": 1e-3, "sample_steps": 2},
+        "training": {"batch_size": 4, "lr": 1e-3, "steps": 10, "ema_start": 0, "log_every": 5},
+        "sampling": {"sampler": "ddim", "ddim_steps": 4},
+    }
+    for section, values in sections.items():
+        base[section] = {**base.get(section, {}), **values}
+    return config_from_dict(base)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("darcy_data")
+
+
+@pytest.fixture(scope="module")
+def experiment(data_dir, tmp_path_factory):
+    return DarcyExperiment(
+        small_config(), COARSE_MESH, data_dir=data_dir, run_dir=tmp_path_factory.mktemp("run"), progress=False
+    )
+
+
+# ---------------------------------------------------------------- rows <-> node tensors
+
+
+def test_node_fields_reshape_rows_and_keep_the_physics(experiment):
+    fields, layout = experiment.fields, experiment.generator.layout
+    rows = experiment.dataset().train
+    x = fields.to_nodes(torch.from_numpy(rows))
+    assert x.shape == (4, 2, fields.n_nodes) and fields.names == ("p", "K")
+    np.testing.assert_array_equal(x[:, fields.channel("p")].numpy(), rows[:, layout.block("p")])
+    np.testing.assert_array_equal(x[:, fields.channel("K")].numpy(), rows[:, layout.block("K")])
+    np.testing.assert_array_equal(fields.to_rows(x).numpy(), rows)
+    # The data solve the PDE through the (B, C, n) path; swapping the channels does not.
+    f_max = float(np.abs(experiment.problem.f.dat.data_ro).max())
+    assert experiment.residual(x).abs().max() < 1e-8 * f_max
+    assert experiment.residual(x.flip(1)).abs().max() > 1e-2 * f_max
+    with pytest.raises(ValueError, match=r"shape \(B, 2,"):
+        fields.to_rows(x[:, :1])
+
+
+def test_node_fields_refuse_other_layouts(experiment):
+    p1 = experiment.problem.V
+    p2 = DarcyProblem(p1.mesh(), degree=2).V
+    with pytest.raises(ValueError, match="share one space"):
+        NodeFields(FieldLayout.from_spaces({"p": p1, "K": p2}))
+    with pytest.raises(ValueError, match="scalar fields only"):
+        NodeFields(FieldLayout.from_spaces({"u": fd.VectorFunctionSpace(p1.mesh(), "CG", 1)}))
+    with pytest.raises(ValueError, match="P1 fields"):
+        NodeFields(FieldLayout.from_spaces({"p": p2, "K": p2})).mesh_nodes()
+    mesh = experiment.mesh
+    assert mesh.n_nodes == experiment.fields.n_nodes == p1.dof_count and mesh.n_triangles == p1.mesh().num_cells()
+
+
+# ---------------------------------------------------------------- model factory and losses
+
+
+def test_build_denoiser_kinds_and_config_errors(experiment):
+    mesh = experiment.mesh
+    unet = build_denoiser(ModelConfig(kind="unet", width=8), mesh, 2, cond_channels=2, n_timesteps=20)
+    net = build_denoiser(ModelConfig(kind="mesh", width=8), mesh, 2, n_timesteps=20)
+    assert isinstance(unet, RasterUNet) and unet.cond_channels == 2
+    assert isinstance(net, MeshDenoiser) and net.cond_channels == 0
+    x, t = torch.zeros(3, 2, mesh.n_nodes), torch.tensor([0, 5, 19])
+    assert unet(x, t, cond=x).shape == net(x, t).shape == (3, 2, mesh.n_nodes)
+    no_attention = ModelConfig(kind="unet", width=8, attention=False)
+    without = build_denoiser(no_attention, mesh, 2, cond_channels=2, n_timesteps=20)
+    assert count_parameters(without) < count_parameters(unet)
+    with pytest.raises(ConfigError, match="model.width: must be even"):
+        build_denoiser(ModelConfig(kind="unet", width=7), mesh, 2)
+    with pytest.raises(ConfigError, match="model.width: must be a multiple of 4"):
+        build_denoiser(ModelConfig(kind="mesh", width=6), mesh, 2)
+    with pytest.raises(ConfigError, match="model.attention"):
+        build_denoiser(ModelConfig(kind="mesh", attention=False), mesh, 2)
+
+
+def test_diffusion_loss_methods(experiment):
+    normalizer = experiment.fit_normalizer()
+    x0 = experiment.node_tensor(experiment.dataset().train)
+
+    def forbidden(x):
+        raise AssertionError("DDPM must not call the residual")
+
+    ddpm_config = small_config(diffusion={"method": "ddpm"}).diffusion
+    ddpm = diffusion_loss(ddpm_config, experiment.schedule, normalizer, forbidden)
+    model = experiment.build_model()
+    _, components = ddpm(model, x0, generator=torch.Generator().manual_seed(0))
+    assert components["residual"] == 0 and components["data"] > 0
+    guided = diffusion_loss(
+        small_config(diffusion={"method": "physics_guided", "cond_dropout": 0.5}).diffusion,
+        experiment.schedule,
+        normalizer,
+        experiment.residual,
+        training=False,
+    )
+    assert guided.conditioning.dropout == 0 and guided.c_residual == 0
+    with pytest.raises(ConfigError, match="diffusion.c_eq"):
+        diffusion_loss(small_config(diffusion={"c_eq": 1.0}).diffusion, experiment.schedule, normalizer, forbidden)
+
+
+@pytest.mark.parametrize("kind, x0_estimation", [("mesh", "mean"), ("unet", "mean"), ("mesh", "sample")])
+def test_residual_gradient_reaches_every_parameter(experiment, kind, x0_estimation):
+    config = small_config(model={"kind": kind, "width": 8}, diffusion={"x0_estimation": x0_estimation})
+    normalizer = experiment.fit_normalizer()
+    x0 = experiment.node_tensor(experiment.dataset().train)
+    t = torch.tensor([0, 3, 9, 19])
+    torch.manual_seed(0)
+    model = build_denoiser(config.model, experiment.mesh, 2, n_timesteps=config.diffusion.T)
+
+    full = diffusion_loss(config.diffusion, experiment.schedule, normalizer, experiment.residual)
+    loss, components = full(model, x0, generator=torch.Generator().manual_seed(1), t=t)
+    assert components["residual"] > 0
+    loss.backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+
+    residual_only = dataclasses.replace(config.diffusion, c_data=0.0)
+    model.zero_grad(set_to_none=True)
+    loss, components = diffusion_loss(residual_only, experiment.schedule, normalizer, experiment.residual)(
+        model, x0, generator=torch.Generator().manual_seed(1), t=t
+    )
+    assert components["data"] == 0 and components["residual"] > 0
+    loss.backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().max() > 0, name
+
+
+# ---------------------------------------------------------------- training and runs
+
+
+def test_training_on_four_samples_drives_the_data_loss_down(data_dir, tmp_path):
+    config = small_config(training={"steps": 300, "lr": 2e-3, "log_every": 25, "val_every": 0, "checkpoint_every": 0})
+    experiment = DarcyExperiment(config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path, progress=False)
+    trainer = experiment.trainer()
+    train = trainer.train_data
+    # evaluate() draws t and the noise from a freshly seeded generator: the same draws before and after.
+    before = trainer.evaluate(train)
+    summary = trainer.train()
+    after = trainer.evaluate(train)
+    assert summary.last_step == 300
+    assert after["residual"] > 0
+    assert after["data"] < before["data"] / 10, (before, after)
+
+
+def test_config_driven_run_end_to_end(data_dir, tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "data: {n_train: 4, n_val: 2, n_test: 2, seed: 3}\n"
+        "model: {kind: mesh, width: 8}\n"
+        "diffusion: {T: 10, method: pidm, c_residual: 1e-3}\n"
+        "training: {steps: 4, batch_size: 2, lr: 1e-3, checkpoint_every: 2, val_every: 2, log_every: 1}\n"
+        "sampling: {sampler: ddim, ddim_steps: 3, n_samples: 3, cocogen_after: 1, cocogen_step: 1e-6}\n"
+    )
+    config = load_config(path)
+    run_dir = tmp_path / "run"
+    experiment = DarcyExperiment(config, COARSE_MESH, data_dir=data_dir, run_dir=run_dir, progress=False)
+    data_file = experiment.data_path()
+    splits = experiment.dataset()
+    assert data_file.is_file() and [len(s) for s in (splits.train, splits.val, splits.test)] == [4, 2, 2]
+    assert experiment.train().last_step == 4
+
+    stamp = data_file.stat().st_mtime_ns
+    longer = dataclasses.replace(config, training=dataclasses.replace(config.training, steps=6))
+    resumed = DarcyExperiment(longer, COARSE_MESH, data_dir=data_dir, run_dir=run_dir, progress=False)
+    summary = resumed.train()
+    assert (summary.first_step, summary.last_step) == (4, 6)
+    assert data_file.stat().st_mtime_ns == stamp  # the cached samples were reused
+    checkpoint = load_checkpoint(run_dir / "last.pt")
+    assert checkpoint.step == 6 and checkpoint.mesh_fingerprint == experiment.fingerprint
+    normalizer = experiment.fit_normalizer().state_dict()
+    torch.testing.assert_close(checkpoint.extra["normalizer"]["std"], normalizer["std"])
+
+    rows = resumed.sample()
+    assert rows.shape == (3, 2 * experiment.fields.n_nodes) and np.isfinite(rows).all()
+    weights = experiment.problem.lumped_mass()
+    p = rows[:, experiment.generator.layout.block("p")]
+    assert np.abs(p @ weights).max() < 1e-12 * np.abs(p).max() * weights.sum()
+    np.testing.assert_array_equal(resumed.sample(seed=0), rows)  # seeded
+
+    other = dataclasses.replace(config, model=dataclasses.replace(config.model, width=12))
+    with pytest.raises(CheckpointError, match="another model configuration"):
+        DarcyExperiment(other, COARSE_MESH, data_dir=data_dir, run_dir=run_dir, progress=False).sample(2)
+
+
+def test_physics_guided_run_samples_with_guidance(data_dir, tmp_path):
+    config = small_config(
+        model={"width": 8},
+        diffusion={"method": "physics_guided", "T": 10},
+        training={"steps": 2, "batch_size": 2},
+        sampling={"sampler": "ddim", "ddim_steps": 2, "guidance_scale": 3.0},
+    )
+    experiment = DarcyExperiment(config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path, progress=False)
+    assert experiment.build_model().cond_channels == 2
+    experiment.train()
+    rows = experiment.sample(2)
+    assert rows.shape == (2, 2 * experiment.fields.n_nodes) and np.isfinite(rows).all()
