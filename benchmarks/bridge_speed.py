@@ -5,17 +5,19 @@ measured side by side in one run, median of --repeat timings:
 
   (a) our batched residual, forward + backward (fast path, per chunk size),
   (b) a Python loop of ``firedrake.ml.pytorch.fem_operator`` over the batch,
-  (c) forward + backward of a small convolutional net on as many values,
+  (c) forward + backward (float32) of the project's denoisers on the same fields:
+      the raster U-Net and the mesh-native denoiser at --width, with their
+      parameter counts,
 
 and the ratios (b)/(a) and (a)/(c). Writes results.json to --out.
 
-    python benchmarks/bridge_speed.py [--batch 64] [--mesh PATH] [--out outputs/bridge_speed]
+    python benchmarks/bridge_speed.py [--batch 64] [--width 32] [--mesh PATH] [--out outputs/bridge_speed]
 """
 
 from __future__ import annotations
 
 import argparse
-import math
+import os
 import statistics
 import sys
 import time
@@ -36,24 +38,18 @@ def timed(fn, repeat: int) -> float:
     return statistics.median(times)
 
 
-def small_convnet(width: int = 64) -> torch.nn.Module:
-    """Four 3x3 convolutions with GELU: a stand-in for the denoiser until it exists."""
-    return torch.nn.Sequential(
-        torch.nn.Conv2d(2, width, 3, padding=1), torch.nn.GELU(),
-        torch.nn.Conv2d(width, width, 3, padding=1), torch.nn.GELU(),
-        torch.nn.Conv2d(width, width, 3, padding=1), torch.nn.GELU(),
-        torch.nn.Conv2d(width, 2, 3, padding=1),
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--mesh", type=Path, default=None)
     parser.add_argument("--chunks", type=int, nargs="+", default=[8, 16, 32, 64])
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--width", type=int, default=32, help="width of the denoisers")
+    parser.add_argument("--net-repeat", type=int, default=2, help="timed calls of each denoiser")
     parser.add_argument("--out", type=Path, default=Path("outputs/bridge_speed"))
     args = parser.parse_args(argv)
+    # Firedrake hands sys.argv to PETSc: do not report this script's own options as unused PETSc options.
+    os.environ.setdefault("PETSC_OPTIONS", "-options_left no")
 
     import firedrake as fd
     from firedrake.adjoint import Control, ReducedFunctional, continue_annotation, pause_annotation, set_working_tape
@@ -62,9 +58,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from pidm_fem.atomic_files import write_json
     from pidm_fem.bridge import TorchFEM
+    from pidm_fem.experiments import NodeFields, build_denoiser
+    from pidm_fem.models import count_parameters
     from pidm_fem.mesh import default_mesh_path, load_mesh
     from pidm_fem.physics.darcy import DarcyProblem
     from pidm_fem.physics.permeability import KarhunenLoeve
+    from pidm_fem.training.config import ModelConfig
 
     mesh_path = args.mesh or default_mesh_path()
     problem = DarcyProblem(load_mesh(mesh_path))
@@ -104,21 +103,25 @@ def main(argv: list[str] | None = None) -> int:
 
         results["fem_operator_loop_s"] = timed(loop, max(1, args.repeat // 2))
 
-    side = math.ceil(math.sqrt(n))
-    net = small_convnet().double()
-    images = torch.randn(B, 2, side, side, dtype=torch.float64)
+    nodes = NodeFields(problem.layout).mesh_nodes()
+    x_nodes = torch.randn(B, 2, n)
+    t = torch.randint(0, 100, (B,))
+    results["denoisers"] = {}
+    for kind in tqdm(("unet", "mesh"), desc="denoisers"):
+        net = build_denoiser(ModelConfig(kind=kind, width=args.width), nodes, 2)
 
-    def network():
-        net.zero_grad()
-        net(images).square().mean().backward()
+        def network(net=net):
+            net.zero_grad()
+            net(x_nodes, t).square().mean().backward()
 
-    results["convnet"] = {"input": [B, 2, side, side], "parameters": sum(p.numel() for p in net.parameters()),
-                          "fwd_bwd_s": timed(network, args.repeat)}
+        results["denoisers"][kind] = {"width": args.width, "parameters": count_parameters(net),
+                                      "fwd_bwd_s": timed(network, args.net_repeat)}
     best = min(results["chunks"], key=lambda c: results["chunks"][c]["fwd_bwd_s"])
     ours_s = results["chunks"][best]["fwd_bwd_s"]
     results["best_chunk"] = best
     results["ratio_fem_operator_over_ours"] = results["fem_operator_loop_s"] / ours_s
-    results["ratio_ours_over_network"] = ours_s / results["convnet"]["fwd_bwd_s"]
+    for kind, r in results["denoisers"].items():
+        results[f"ratio_ours_over_{kind}"] = ours_s / r["fwd_bwd_s"]
     results["torch_threads"] = torch.get_num_threads()
     path = write_json(args.out / "results.json", results)
 
@@ -126,8 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     for chunk, r in results["chunks"].items():
         print(f"  ours, chunk {chunk:3d}: {r['fwd_bwd_s'] * 1e3:8.1f} ms fwd+bwd (first call {r['first_call_s']:.1f} s)")
     print(f"  fem_operator loop:  {results['fem_operator_loop_s'] * 1e3:8.1f} ms")
-    print(f"  conv net:           {results['convnet']['fwd_bwd_s'] * 1e3:8.1f} ms")
-    print(f"  (b)/(a) = {results['ratio_fem_operator_over_ours']:.1f}, (a)/(c) = {results['ratio_ours_over_network']:.2f}")
+    for kind, r in results["denoisers"].items():
+        print(f"  denoiser {kind:4s} (width {r['width']}, {r['parameters']:,} parameters): "
+              f"{r['fwd_bwd_s'] * 1e3:8.1f} ms fwd+bwd, (a)/(c) = {results[f'ratio_ours_over_{kind}']:.4f}")
+    print(f"  (b)/(a) = {results['ratio_fem_operator_over_ours']:.1f}")
     print(f"results: {path}")
     return 0
 

@@ -10,6 +10,7 @@ The diffusion benchmark replaces this when it lands.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="the quick mode of `make demo`")
     args = parser.parse_args(argv)
+    # Firedrake hands sys.argv to PETSc: do not report this script's own options as unused PETSc options.
+    os.environ.setdefault("PETSC_OPTIONS", "-options_left no")
 
     import firedrake as fd
 

@@ -143,7 +143,7 @@ class DarcyProblem:
         """Packing of a sample row: ``[p, K]``, each in the DOF order of :attr:`V`."""
         return FieldLayout.from_spaces({"p": self.V, "K": self.V})
 
-    def residual_operator(self, chunk: int = 16) -> BatchedFormOperator:
+    def residual_operator(self, chunk: int = 32) -> BatchedFormOperator:
         """Batched weak residual (fast path): rows ``[p, K]`` -> weak residual vectors."""
         return BatchedFormOperator(
             self.layout, lambda fields, data, v: self.residual(fields["p"], fields["K"], v), self.V, chunk=chunk
@@ -154,7 +154,7 @@ class DarcyProblem:
         v = fd.TestFunction(self.V)
         return TapedOperator(self.layout, lambda fields, data: fd.assemble(self.residual(fields["p"], fields["K"], v)))
 
-    def torch_residual(self, strong: bool = True, chunk: int = 16):
+    def torch_residual(self, strong: bool = True, chunk: int = 32):
         """Differentiable torch residual of batches of rows ``[p, K]``.
 
         Parameters
