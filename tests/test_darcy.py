@@ -11,7 +11,7 @@ from pidm_fem.data import DatasetError, SampleFile, generate_samples, load_sampl
 from pidm_fem.mesh import default_mesh_path, load_mesh, unit_square_family
 from pidm_fem.physics.darcy import DarcyProblem
 from pidm_fem.physics.darcy_data import DarcyDataSettings, DarcySampleGenerator, make_darcy_generator
-from pidm_fem.physics.permeability import KarhunenLoeve
+from pidm_fem.physics.permeability import KarhunenLoeve, MaternField, dof_coordinates
 
 
 def test_variable_k_manufactured_solution_rate_two():
@@ -89,6 +89,16 @@ def test_kl_empirical_covariance_matches_truncated_covariance():
         pairs = np.abs(distance - d) < 0.005
         ratio = empirical[pairs].mean() / exact[pairs].mean()
         assert abs(ratio - 1) < 0.10, (d, ratio)
+
+
+def test_matern_field_is_seeded_and_has_unit_variance_inside():
+    V = fd.FunctionSpace(load_mesh(unit_square_family()[1]), "CG", 1)
+    field = MaternField(V, length=0.1)
+    draws = field.sample_log(np.random.default_rng(0), 200)
+    assert np.array_equal(draws[:2], field.sample_log(np.random.default_rng(0), 2))
+    x = dof_coordinates(V)
+    interior = np.all((x > 0.25) & (x < 0.75), axis=1)
+    assert 0.8 < np.median(draws.var(axis=0)[interior]) < 1.2
 
 
 def _settings(**kw):

@@ -95,33 +95,53 @@ class KarhunenLoeve:
         return np.exp(self.sample_log(rng, n))
 
 
+class _SeededNoise:
+    """White noise drawn from a fixed seed, for one call of a covariance's ``sample``."""
+
+    def __init__(self, noise, seed: int):
+        from firedrake.randomfunctiongen import PCG64, RandomGenerator
+
+        self.noise, self.generator = noise, RandomGenerator(PCG64(seed=seed))
+
+    def sample(self, apply_riesz: bool = False, tensor=None):
+        return self.noise.sample(rng=self.generator, apply_riesz=apply_riesz, tensor=tensor)
+
+
 class MaternField:
     """Matern-type G from Firedrake's white noise and autoregressive covariance.
+
+    G = B^1/2 w with w white noise (mass-matrix square root, element by element)
+    and B the m-th order autoregressive covariance, applied as m/2 implicit
+    diffusion solves: no dense matrix, so it serves large meshes.
 
     Parameters
     ----------
     space
         Scalar Lagrange space of K.
     length
-        Correlation length.
+        Correlation length (Daley length scale).
     smoothness
-        Number of autoregressive (Helmholtz) steps; 1 is the exponential-like case.
+        Order m of the autoregressive kernel: even, at least 4 in 2D.
     variance
-        Pointwise variance of G.
+        Pointwise variance of G (away from the boundary).
     """
 
-    def __init__(self, space: fd.FunctionSpace, length: float = 0.1, smoothness: int = 2, variance: float = 1.0):
-        from firedrake.adjoint import AutoregressiveCovariance
+    def __init__(self, space: fd.FunctionSpace, length: float = 0.1, smoothness: int = 4, variance: float = 1.0):
+        from firedrake.adjoint import AutoregressiveCovariance, WhiteNoiseGenerator
 
         self.space = space
-        self.covariance = AutoregressiveCovariance(space, length, sigma=np.sqrt(variance), m=smoothness, seed=None)
+        self.noise = WhiteNoiseGenerator(space, seed=0)
+        self.covariance = AutoregressiveCovariance(
+            space, length, sigma=float(np.sqrt(variance)), m=smoothness, rng=self.noise,
+            solver_parameters={"ksp_type": "cg", "ksp_rtol": 1e-12, "pc_type": "icc"},
+        )
 
     def sample_log(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        """``n`` draws of G as DOF vectors, shape (n, n_dofs)."""
+        """``n`` draws of G as DOF vectors, shape (n, n_dofs); each seeded from ``rng``."""
         out = np.empty((n, self.space.dof_count))
         for i in range(n):
-            seed = int(rng.integers(2**31 - 1))
-            out[i] = self.covariance.sample(rng=seed).dat.data_ro
+            noise = _SeededNoise(self.noise, int(rng.integers(2**63 - 1)))
+            out[i] = self.covariance.sample(rng=noise).dat.data_ro
         return out
 
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
