@@ -265,3 +265,31 @@ def _assert_identical(a, b, where):
             _assert_identical(x, y, f"{where}[{i}]")
     else:
         assert a == b, where
+
+
+def test_cli_trains_and_samples(tmp_path):
+    import subprocess
+    import sys
+
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "data: {n_train: 4, n_val: 2, n_test: 2}\nmodel: {kind: mesh, width: 8}\ndiffusion: {T: 10}\n"
+        "training: {steps: 2, batch_size: 2, checkpoint_every: 2}\nsampling: {sampler: ddim, ddim_steps: 2}\n"
+    )
+    common = [str(config), "--mesh", str(COARSE_MESH), "--run-dir", str(tmp_path / "run"),
+              "--data-dir", str(tmp_path / "data")]
+    cli = [sys.executable, "-m", "pidm_fem.cli"]
+    train = subprocess.run(cli + ["darcy-train"] + common, capture_output=True, text=True, timeout=300)
+    assert train.returncode == 0, train.stderr
+    out = tmp_path / "samples.npz"
+    sample = subprocess.run(cli + ["darcy-sample"] + common + ["--n", "3", "--out", str(out)],
+                            capture_output=True, text=True, timeout=300)
+    assert sample.returncode == 0, sample.stderr
+    saved = np.load(out)
+    assert saved["rows"].shape[0] == 3 and saved["residual"].shape == (3, saved["rows"].shape[1] // 2)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training: {lr: -1}\n")
+    failed = subprocess.run(cli + ["darcy-train", str(bad)], capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 2 and failed.stderr.strip().splitlines() == [
+        f"pidm-fem: error: {bad}: training.lr: must be > 0, got -1.0"
+    ], failed.stderr
