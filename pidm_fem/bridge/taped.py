@@ -69,16 +69,10 @@ class TapedOperator:
         self.output_size = 1 if self._scalar else output.dat.data_ro.size
 
     def _inputs(self, x: np.ndarray, data: np.ndarray | None, i: int) -> list[fd.Function]:
-        values = []
-        for name, block in zip(self.layout.names, (self.layout.block(n) for n in self.layout.names)):
-            function = fd.Function(self.layout.space(name))
-            function.dat.data[:] = x[i, block].reshape(function.dat.data.shape)
-            values.append(function)
+        """Control values of row ``i``: its fields, then its data."""
+        values = list(self.layout.functions(x[i]).values())
         if self.data_layout is not None:
-            for name in self.data_layout.names:
-                function = fd.Function(self.data_layout.space(name))
-                function.dat.data[:] = data[i, self.data_layout.block(name)].reshape(function.dat.data.shape)
-                values.append(function)
+            values += list(self.data_layout.functions(data[i]).values())
         return values
 
     def _check(self, x: np.ndarray, data: np.ndarray | None) -> np.ndarray:

@@ -107,9 +107,12 @@ class DarcyProblem:
     source: object = "auto"
     V: fd.FunctionSpace = field(init=False)
     f: fd.Function = field(init=False)
+    #: packing of a sample row: ``[p, K]``, each in the DOF order of :attr:`V`
+    layout: FieldLayout = field(init=False)
 
     def __post_init__(self):
         self.V = fd.FunctionSpace(self.mesh, "CG", self.degree)
+        self.layout = FieldLayout.from_spaces({"p": self.V, "K": self.V})
         self.area = fd.assemble(fd.Constant(1.0) * fd.dx(domain=self.mesh))
         self.f = self._make_source(self.source)
         self._lumped_mass = fd.assemble(fd.TestFunction(self.V) * fd.dx).dat.data_ro.copy()
@@ -129,19 +132,9 @@ class DarcyProblem:
             raise ValueError(f"source must be 'auto', 'paper', 'bumps' or a UFL expression, got {source!r}")
         return builders[kind](self.V)
 
-    @property
-    def field_names(self) -> tuple[str, str]:
-        """Names of the generated fields, in the order of :meth:`residual`'s arguments."""
-        return ("p", "K")
-
     def residual(self, p, K, v) -> ufl.Form:
         """Weak residual 1-form for fields ``p``, ``K`` and test function ``v``."""
         return darcy_residual(p, K, v, self.f)
-
-    @property
-    def layout(self) -> FieldLayout:
-        """Packing of a sample row: ``[p, K]``, each in the DOF order of :attr:`V`."""
-        return FieldLayout.from_spaces({"p": self.V, "K": self.V})
 
     def residual_operator(self, chunk: int = 32) -> BatchedFormOperator:
         """Batched weak residual (fast path): rows ``[p, K]`` -> weak residual vectors."""

@@ -7,7 +7,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..bridge.layout import FieldLayout
 from ..mesh import load_mesh, mesh_fingerprint
 from .darcy import DarcyProblem
 from .permeability import KarhunenLoeve, MaternField
@@ -59,7 +58,7 @@ class DarcySampleGenerator:
         self.mesh = mesh if mesh is not None else load_mesh(settings.mesh)
         self.problem = DarcyProblem(self.mesh, degree=settings.degree, source=settings.source)
         V = self.problem.V
-        self.layout = FieldLayout.from_spaces({"p": V, "K": V})
+        self.layout = self.problem.layout
         if settings.sampler == "kl":
             self.field = KarhunenLoeve(V, length=settings.length, n_modes=settings.n_modes)
         elif settings.sampler == "matern":
