@@ -1,16 +1,26 @@
-"""Figures of fields on the mesh (matplotlib tripcolor through firedrake.pyplot)."""
+"""Figures: fields on the mesh (tripcolor through firedrake.pyplot), histograms, training curves."""
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 
 from .atomic_files import atomic_path  # noqa: E402
+
+
+def _save(fig, path: str | os.PathLike, dpi: int) -> None:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
 
 
 def plot_fields(
@@ -43,7 +53,38 @@ def plot_fields(
             ax.set_aspect("equal")
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=dpi, format="png")
-    plt.close(fig)
+    _save(fig, path, dpi)
+
+
+def plot_histograms(values: Mapping[str, np.ndarray], path: str | os.PathLike, xlabel: str, dpi: int = 110) -> None:
+    """Overlaid histograms (log-spaced bins) of positive values per method."""
+    positive = {name: np.asarray(v)[np.asarray(v) > 0] for name, v in values.items()}
+    everything = np.concatenate([v for v in positive.values() if len(v)])
+    bins = np.logspace(np.log10(everything.min()), np.log10(everything.max()), 30)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for name, v in positive.items():
+        ax.hist(v, bins=bins, histtype="step", linewidth=1.6, label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("samples")
+    ax.legend(fontsize=8)
+    _save(fig, path, dpi)
+
+
+def plot_training_curves(logs: Mapping[str, str | os.PathLike], path: str | os.PathLike, dpi: int = 110) -> None:
+    """Data and residual loss components against the step, one line per run's ``log.jsonl``."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name, log in logs.items():
+        lines = [json.loads(line) for line in Path(log).read_text().splitlines() if line.strip()]
+        train = [line for line in lines if line.get("split") == "train"]
+        steps = [line["step"] for line in train]
+        for ax, key in zip(axes, ("data", "residual")):
+            values = [line["components"].get(key, 0.0) for line in train]
+            if any(v > 0 for v in values):
+                ax.plot(steps, values, label=name)
+    for ax, key in zip(axes, ("data loss (min-SNR weighted)", "residual term")):
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(key, fontsize=10)
+        ax.legend(fontsize=8)
+    _save(fig, path, dpi)
