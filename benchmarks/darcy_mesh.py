@@ -1,10 +1,17 @@
-"""The main job: Darcy flow on the embedded default mesh (or --mesh PATH).
+"""The main job: PIDM against its baselines for Darcy flow on an unstructured mesh.
 
-At this stage of the project it draws one log-normal permeability (truncated
-KL expansion, exponential covariance, length 0.1, 64 modes), solves Darcy flow
-for it with zero normal flux and zero-mean pressure, checks the discrete
-residual, and writes a PNG, a PVD/VTU pair and results.json to --out.
-The diffusion benchmark replaces this when it lands.
+On the embedded default mesh (or --mesh PATH): generates (or reuses) the Darcy
+dataset, trains DDPM, PIDM ("mean" and, unless --no-sample-estimation, "sample")
+and physics-guided conditioning with the same seed, model, optimiser and steps,
+samples each (CoCoGen corrections reuse the DDPM model), and evaluates physics
+(mean |r| of the strong-form residual, against the data's own floor and the
+trivial field p = 0), fidelity (per-field statistics, energy and sliced
+Wasserstein distances to the test set, with the test-vs-train floor) and cost.
+Writes results.json, results.md, figures (PNG) and fields (PVD/VTU) to --out.
+
+    python benchmarks/darcy_mesh.py --quick          # `make demo`: <= 10 minutes on 2 cores
+    python benchmarks/darcy_mesh.py                  # the default (CPU, a few hours)
+    python benchmarks/darcy_mesh.py --full --device cuda
 """
 
 from __future__ import annotations
@@ -17,65 +24,188 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Darcy flow on a mesh (pidm_fem demo)")
-    parser.add_argument("--mesh", type=Path, default=None, help="mesh file (default: the embedded unit square)")
-    parser.add_argument("--out", type=Path, default=Path("outputs/darcy_mesh"), help="output folder")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="the quick mode of `make demo`")
-    args = parser.parse_args(argv)
-    # Firedrake hands sys.argv to PETSc: do not report this script's own options as unused PETSc options.
-    os.environ.setdefault("PETSC_OPTIONS", "-options_left no")
+#: run settings of each mode (the sections of a run configuration) and its default mesh
+MODES = {
+    "quick": {
+        "mesh": "unit_square_r1.msh",
+        "n_samples": 64,
+        "config": {
+            "data": {"n_train": 256, "n_val": 32, "n_test": 64, "seed": 0},
+            "model": {"kind": "mesh", "width": 16},
+            "diffusion": {"T": 100, "c_residual": 1e-3, "sample_steps": 2},
+            "training": {"steps": 400, "batch_size": 16, "lr": 1e-3, "ema_start": 200, "val_every": 200,
+                         "checkpoint_every": 200, "log_every": 20, "seed": 0},
+            "sampling": {"sampler": "ddpm", "guidance_scale": 3.0},
+        },
+    },
+    "default": {
+        "mesh": "unit_square.msh",
+        "n_samples": 128,
+        "config": {
+            "data": {"n_train": 1000, "n_val": 64, "n_test": 128, "seed": 0},
+            "model": {"kind": "mesh", "width": 32},
+            "diffusion": {"T": 100, "c_residual": 1e-3, "sample_steps": 4},
+            "training": {"steps": 6000, "batch_size": 32, "lr": 5e-4, "ema_start": 1000, "val_every": 500,
+                         "checkpoint_every": 250, "log_every": 25, "seed": 0},
+            "sampling": {"sampler": "ddpm", "guidance_scale": 3.0},
+        },
+    },
+    "full": {
+        "mesh": "unit_square.msh",
+        "n_samples": 256,
+        "config": {
+            "data": {"n_train": 10000, "n_val": 256, "n_test": 256, "seed": 0},
+            "model": {"kind": "unet", "width": 64},
+            "diffusion": {"T": 100, "c_residual": 1e-3, "sample_steps": 4},
+            "training": {"steps": 300000, "batch_size": 64, "lr": 1e-4, "ema_start": 1000, "val_every": 5000,
+                         "checkpoint_every": 2000, "log_every": 100, "seed": 0},
+            "sampling": {"sampler": "ddpm", "guidance_scale": 3.0},
+        },
+    },
+}
+#: CoCoGen: residual-gradient steps during the last N denoising steps and M after sampling
+COCOGEN = {"cocogen_during": 5, "cocogen_after": 10, "cocogen_step": 1e-7}
+METHODS = ("ddpm", "pidm_mean", "pidm_sample", "physics_guided", "cocogen")
 
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_const", dest="mode", const="quick", help="`make demo`: <= 10 min")
+    mode.add_argument("--full", action="store_const", dest="mode", const="full", help="the paper's scale (GPU)")
+    parser.set_defaults(mode="default")
+    parser.add_argument("--mesh", type=Path, default=None, help="mesh file (default: the mode's shipped mesh)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: outputs/darcy_mesh_<mode>)")
+    parser.add_argument("--device", default="cpu", help="device of the network (the FEM stays on the CPU)")
+    parser.add_argument("--steps", type=int, default=None, help="override the mode's training steps")
+    parser.add_argument("--n-samples", type=int, default=None, help="override the number of generated samples")
+    parser.add_argument("--no-sample-estimation", action="store_true", help="skip PIDM with 'sample' estimation")
+    parser.add_argument("--workers", type=int, default=1, help="processes generating the dataset")
+    return parser.parse_args(argv)
+
+
+def base_config(args: argparse.Namespace) -> dict:
+    """The mode's configuration sections with the command-line overrides."""
+    config = {section: dict(values) for section, values in MODES[args.mode]["config"].items()}
+    config["training"]["device"] = args.device
+    if args.steps is not None:
+        config["training"]["steps"] = args.steps
+        config["training"]["ema_start"] = min(config["training"]["ema_start"], args.steps // 2)
+    return config
+
+
+def write_fields(experiment, samples: dict, residuals: dict, folder: Path) -> None:
+    """The first sample of each method (p, K, |r|) as a PVD/VTU series per method."""
     import firedrake as fd
 
-    from pidm_fem.atomic_files import atomic_directory, write_json
-    from pidm_fem.mesh import MeshError, default_mesh_path, load_mesh
-    from pidm_fem.physics.darcy import DarcyProblem
-    from pidm_fem.physics.permeability import KarhunenLoeve
-    from pidm_fem.viz import plot_fields
+    layout = experiment.generator.layout
+    for method, rows in samples.items():
+        functions = layout.functions(rows[0])
+        r = fd.Function(experiment.problem.V, name="abs_residual")
+        r.dat.data[:] = np.abs(residuals[method][0])
+        fd.VTKFile(str(folder / f"{method}.pvd")).write(functions["p"], functions["K"], r)
 
-    mesh_path = args.mesh or default_mesh_path()
+
+def write_figures(experiment, samples: dict, residuals: dict, summary: dict, logs: dict, folder: Path) -> None:
+    """Sample grids, residual maps, residual histograms and training curves."""
+    import firedrake as fd
+
+    from pidm_fem.viz import plot_fields, plot_histograms, plot_training_curves
+
+    layout, V = experiment.generator.layout, experiment.problem.V
+    names = list(samples)
+    rows, titles = [], []
+    for method in names:
+        for i in range(min(3, len(samples[method]))):
+            functions = layout.functions(samples[method][i])
+            rows.append([functions["p"], functions["K"]])
+            titles.append([f"{method} #{i}: p", f"{method} #{i}: K"])
+    plot_fields(rows, folder / "samples.png", titles)
+
+    maps, map_titles = [], []
+    for method in names:
+        r = fd.Function(V)
+        r.dat.data[:] = np.log10(np.abs(residuals[method][0]) + 1e-16)
+        maps.append(r)
+        map_titles.append(f"{method}: log10 |r|")
+    columns = 3
+    grid = [maps[i:i + columns] for i in range(0, len(maps), columns)]
+    grid_titles = [map_titles[i:i + columns] for i in range(0, len(maps), columns)]
+    if len(grid[-1]) < columns:  # pad the last row with repeats hidden by their titles
+        grid[-1] += [grid[-1][-1]] * (columns - len(grid[-1]))
+        grid_titles[-1] += [""] * (columns - len(grid_titles[-1]))
+    plot_fields(grid, folder / "residual_maps.png", grid_titles)
+
+    per_sample = {m: np.asarray(summary["methods"][m]["residual"]["per_sample"]) for m in names}
+    per_sample["data (test)"] = np.asarray(summary["data"]["residual"]["per_sample"])
+    plot_histograms(per_sample, folder / "residual_histogram.png", "per-sample mean |r|")
+    plot_training_curves(logs, folder / "training_curves.png")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # Firedrake hands sys.argv to PETSc: do not report this script's own options as unused PETSc options.
+    os.environ.setdefault("PETSC_OPTIONS", "-options_left no")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    from darcy_methods import train_and_sample
+    from pidm_fem.atomic_files import atomic_directory, write_json
+    from pidm_fem.evaluation import evaluate_methods, markdown_table
+    from pidm_fem.mesh import MeshError, load_mesh
+    from pidm_fem.mesh.builtin import MESH_DIR
+
+    t_start = time.perf_counter()
+    mode = MODES[args.mode]
+    mesh_path = args.mesh or MESH_DIR / mode["mesh"]
+    out = args.out or Path(f"outputs/darcy_mesh_{args.mode}")
     try:
-        mesh = load_mesh(mesh_path)
+        load_mesh(mesh_path)
     except MeshError as err:
         print(f"darcy_mesh: error: {err}", file=sys.stderr)
         return 2
-    t0 = time.perf_counter()
-    problem = DarcyProblem(mesh)
-    kl = KarhunenLoeve(problem.V, length=0.1, n_modes=64)
-    t_kl = time.perf_counter() - t0
-    K = fd.Function(problem.V, name="K")
-    K.dat.data[:] = kl.sample(np.random.default_rng(args.seed), 1)[0]
-    t0 = time.perf_counter()
-    p = problem.solve(K)
-    t_solve = time.perf_counter() - t0
-    r = problem.strong_residual(problem.weak_residual(p, K))
-    f_max = float(np.abs(problem.f.dat.data_ro).max())
+    methods = [m for m in METHODS if not (m == "pidm_sample" and args.no_sample_estimation)]
+    n_samples = args.n_samples or mode["n_samples"]
+    runs = train_and_sample(base_config(args), methods, mesh_path, out, n_samples, COCOGEN, args.workers,
+                            progress=True)
+    experiment = runs.pop("_experiment")
+    splits = experiment.dataset()
+    samples = {m: runs[m]["rows"] for m in methods}
+    def float64_nodes(rows: np.ndarray) -> torch.Tensor:  # the physics is evaluated in float64
+        return experiment.fields.to_nodes(torch.as_tensor(rows, dtype=torch.float64))
 
-    results = {
-        "mesh": str(mesh_path),
-        "n_vertices": mesh.num_vertices(),
-        "n_cells": mesh.num_cells(),
-        "n_dofs": problem.V.dof_count,
-        "seed": args.seed,
-        "kl_eigenvalues_first5": kl.eigenvalues[:5].tolist(),
-        "kl_setup_seconds": t_kl,
-        "solve_seconds": t_solve,
-        "max_abs_strong_residual": float(np.abs(r).max()),
-        "max_abs_source": f_max,
-        "p_std": float(p.dat.data_ro.std()),
-        "log_K_std": float(np.log(K.dat.data_ro).std()),
-    }
-    out = args.out
-    with atomic_directory(out) as tmp:
-        plot_fields([[K, p]], tmp / "darcy_sample.png", titles=[["permeability K", "pressure p"]])
-        fd.VTKFile(str(tmp / "fields" / "darcy_sample.pvd")).write(p, K)
-        write_json(tmp / "results.json", results)
-    print(f"mesh {mesh_path}: {results['n_vertices']} vertices, {results['n_cells']} cells")
-    print(f"KL setup {t_kl:.2f} s, solve {t_solve * 1e3:.1f} ms, max |r| = {results['max_abs_strong_residual']:.2e}")
-    print(f"outputs: {out}/darcy_sample.png, {out}/fields/darcy_sample.pvd, {out}/results.json")
+    nodes = {m: float64_nodes(rows) for m, rows in samples.items()}
+
+    def residual(x: torch.Tensor) -> torch.Tensor:
+        return experiment.residual(x)
+
+    summary = evaluate_methods(
+        nodes, float64_nodes(splits.test), float64_nodes(splits.train),
+        residual, weights=experiment.problem.lumped_mass(), channel_names=("p", "K"),
+    )
+    for m in methods:
+        summary["methods"][m]["cost"] = {"train_seconds_per_step": runs[m]["seconds_per_step"],
+                                         "sample_seconds_per_sample": runs[m]["sample_seconds_per_sample"]}
+    with torch.no_grad():
+        residuals = {m: residual(nodes[m]).numpy() for m in methods}
+    summary["run"] = {"mode": args.mode, "mesh": str(mesh_path), "n_nodes": experiment.fields.n_nodes,
+                      "n_samples": n_samples, "methods": methods, "config": base_config(args), "cocogen": COCOGEN,
+                      "wall_seconds": None}
+    table = markdown_table(summary)
+    with atomic_directory(out / "report") as tmp:
+        (tmp / "fields").mkdir()
+        write_fields(experiment, samples, residuals, tmp / "fields")
+        write_figures(experiment, samples, residuals, summary,
+                      {m: runs[m]["log"] for m in methods if m != "cocogen"}, tmp)
+        summary["run"]["wall_seconds"] = time.perf_counter() - t_start
+        write_json(tmp / "results.json", summary)
+        (tmp / "results.md").write_text(
+            f"# Darcy on {mesh_path.name} ({args.mode} mode, {n_samples} samples per method)\n\n{table}\n")
+    print(table)
+    print(f"\noutputs in {out / 'report'}: results.json, results.md, samples.png, residual_maps.png, "
+          f"residual_histogram.png, training_curves.png, fields/*.pvd (wall {summary['run']['wall_seconds']:.0f} s)")
     return 0
 
 
