@@ -133,9 +133,8 @@ def write_figures(experiment, samples: dict, residuals: dict, summary: dict, log
     columns = 3
     grid = [maps[i:i + columns] for i in range(0, len(maps), columns)]
     grid_titles = [map_titles[i:i + columns] for i in range(0, len(maps), columns)]
-    if len(grid[-1]) < columns:  # pad the last row with repeats hidden by their titles
-        grid[-1] += [grid[-1][-1]] * (columns - len(grid[-1]))
-        grid_titles[-1] += [""] * (columns - len(grid_titles[-1]))
+    grid[-1] += [None] * (columns - len(grid[-1]))
+    grid_titles[-1] += [""] * (columns - len(grid_titles[-1]))
     plot_fields(grid, folder / "residual_maps.png", grid_titles)
 
     per_sample = {m: np.asarray(summary["methods"][m]["residual"]["per_sample"]) for m in names}

@@ -31,7 +31,7 @@ def plot_fields(
     Parameters
     ----------
     rows
-        Rows of scalar Functions; every row has the same length.
+        Rows of scalar Functions; every row has the same length (``None`` leaves a blank).
     path
         Output PNG (written atomically).
     titles
@@ -46,6 +46,9 @@ def plot_fields(
     for i, row in enumerate(rows):
         for j, function in enumerate(row):
             ax = axes[i][j]
+            if function is None:
+                ax.axis("off")
+                continue
             artist = tripcolor(function, axes=ax, cmap="viridis", shading="gouraud")
             fig.colorbar(artist, ax=ax, shrink=0.85)
             if titles is not None:
@@ -81,7 +84,7 @@ def plot_training_curves(logs: Mapping[str, str | os.PathLike], path: str | os.P
         for ax, key in zip(axes, ("data", "residual")):
             values = [line["components"].get(key, 0.0) for line in train]
             if any(v > 0 for v in values):
-                ax.plot(steps, values, label=name)
+                ax.plot(steps, values, ".-", label=name)
     for ax, key in zip(axes, ("data loss (min-SNR weighted)", "residual term")):
         ax.set_yscale("log")
         ax.set_xlabel("step")
