@@ -139,7 +139,7 @@ else
     [[ -x "$BPY" ]] || "$PYTHON" -m venv "$BUILD_VENV"
     "$BPY" -m pip install -q --upgrade pip setuptools wheel
     rm -rf "$STACK/petsc.partial"
-    echo "    building PETSc from source (about 5 min on 2 cores); log: $STACK/petsc-build.log"
+    echo "    building PETSc from source (about 10 min on 2 cores); log: $STACK/petsc-build.log"
     run_logged "$STACK/petsc-build.log" "$BPY" -m pip install -v --no-cache-dir \
         --target "$STACK/petsc.partial" "petsc==$PIN_PETSC"
     # The PETSc PyPI package relocates itself; check before publishing it.
@@ -163,18 +163,18 @@ else
         "Cython>=3.0" numpy pkgconfig pybind11 "mpi4py==$PIN_MPI4PY" "firedrake-rtree>=2026.3.0" \
         "libsupermesh>=2026.3" petsctools "rtree>=1.2"
     if ! have_wheel petsc4py "$PIN_PETSC4PY"; then
-        echo "    petsc4py (about 5 min); log: $STACK/petsc4py-build.log"
+        echo "    petsc4py (about 8 min, one core); log: $STACK/petsc4py-build.log"
         run_logged "$STACK/petsc4py-build.log" "$BPY" -m pip wheel --no-cache-dir --no-deps \
             --no-build-isolation -w "$WHEELS" "petsc4py==$PIN_PETSC4PY"
     fi
     run_logged "$STACK/petsc4py-install.log" "$BPY" -m pip install --no-index --find-links "$WHEELS" "petsc4py==$PIN_PETSC4PY"
     if ! have_wheel h5py "$PIN_H5PY"; then
-        echo "    h5py against MPI HDF5 (about 3 min); log: $STACK/h5py-build.log"
+        echo "    h5py against MPI HDF5 (about 4 min); log: $STACK/h5py-build.log"
         HDF5_MPI=ON CC=mpicc HDF5_DIR="$HDF5_DIR" run_logged "$STACK/h5py-build.log" "$BPY" -m pip wheel \
             --no-cache-dir --no-deps --no-build-isolation --no-binary h5py -w "$WHEELS" "h5py==$PIN_H5PY"
     fi
     if ! have_wheel firedrake "$PIN_FIREDRAKE"; then
-        echo "    firedrake (about 2 min); log: $STACK/firedrake-build.log"
+        echo "    firedrake (about 3 min); log: $STACK/firedrake-build.log"
         run_logged "$STACK/firedrake-build.log" "$BPY" -m pip wheel --no-cache-dir --no-deps \
             --no-build-isolation -w "$WHEELS" "firedrake==$PIN_FIREDRAKE"
     fi
