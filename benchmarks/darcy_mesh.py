@@ -35,9 +35,9 @@ MODES = {
             "data": {"n_train": 256, "n_val": 32, "n_test": 64, "seed": 0},
             "model": {"kind": "mesh", "width": 16},
             "diffusion": {"T": 100, "c_residual": 1e-3, "sample_steps": 2},
-            "training": {"steps": 400, "batch_size": 16, "lr": 1e-3, "ema_start": 200, "val_every": 200,
-                         "checkpoint_every": 200, "log_every": 20, "seed": 0},
-            "sampling": {"sampler": "ddpm", "guidance_scale": 3.0},
+            "training": {"steps": 350, "batch_size": 16, "lr": 1e-3, "ema_start": 175, "val_every": 175,
+                         "checkpoint_every": 175, "log_every": 25, "seed": 0},
+            "sampling": {"sampler": "ddim", "ddim_steps": 50, "guidance_scale": 3.0},
         },
     },
     "default": {
