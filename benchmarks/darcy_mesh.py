@@ -138,8 +138,9 @@ def write_figures(experiment, samples: dict, residuals: dict, summary: dict, log
     plot_fields(grid, folder / "residual_maps.png", grid_titles)
 
     per_sample = {m: np.asarray(summary["methods"][m]["residual"]["per_sample"]) for m in names}
-    per_sample["data (test)"] = np.asarray(summary["data"]["residual"]["per_sample"])
-    plot_histograms(per_sample, folder / "residual_histogram.png", "per-sample mean |r|")
+    references = {"trivial p = 0": summary["trivial"]["residual"]["mean"]}
+    xlabel = f"per-sample mean |r| (the data's own: {summary['data']['residual']['mean']:.1e})"
+    plot_histograms(per_sample, folder / "residual_histogram.png", xlabel, references)
     plot_training_curves(logs, folder / "training_curves.png")
 
 

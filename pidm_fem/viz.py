@@ -59,14 +59,23 @@ def plot_fields(
     _save(fig, path, dpi)
 
 
-def plot_histograms(values: Mapping[str, np.ndarray], path: str | os.PathLike, xlabel: str, dpi: int = 110) -> None:
-    """Overlaid histograms (log-spaced bins) of positive values per method."""
+def plot_histograms(
+    values: Mapping[str, np.ndarray],
+    path: str | os.PathLike,
+    xlabel: str,
+    references: Mapping[str, float] | None = None,
+    dpi: int = 110,
+) -> None:
+    """Overlaid histograms (log-spaced bins) of positive values per method, with reference lines."""
     positive = {name: np.asarray(v)[np.asarray(v) > 0] for name, v in values.items()}
     everything = np.concatenate([v for v in positive.values() if len(v)])
     bins = np.logspace(np.log10(everything.min()), np.log10(everything.max()), 30)
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for name, v in positive.items():
         ax.hist(v, bins=bins, histtype="step", linewidth=1.6, label=name)
+    for name, value in (references or {}).items():
+        ax.axvline(value, color="black", linestyle="--", linewidth=1.0)
+        ax.annotate(name, (value, ax.get_ylim()[1] * 0.95), rotation=90, ha="right", va="top", fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("samples")
