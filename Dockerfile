@@ -19,10 +19,15 @@ RUN apt-get update \
 WORKDIR /opt/pidm_fem
 COPY pyproject.toml README.md ./
 COPY pidm_fem ./pidm_fem
-# The project's own pins live in pyproject.toml.
+# The pins live in pyproject.toml; Firedrake and its h5py come with the image, so
+# only the other dependencies are installed from the pins, then the project itself.
 # hadolint ignore=DL3013
 RUN pip install ${TORCH_PIP_ARGS} "torch==${TORCH_VERSION}" \
-    && pip install -e ".[test]"
+    && python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(r for r in p['dependencies'] + p['optional-dependencies']['test'] \
+if r.split('==')[0] not in ('firedrake', 'h5py', 'torch')))" > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt \
+    && pip install --no-deps -e .
 COPY meshes ./meshes
 COPY benchmarks ./benchmarks
 COPY tests ./tests
