@@ -82,6 +82,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="override the mode's training steps")
     parser.add_argument("--n-samples", type=int, default=None, help="override the number of generated samples")
     parser.add_argument("--no-sample-estimation", action="store_true", help="skip PIDM with 'sample' estimation")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                        help="methods to compare (cocogen needs ddpm)")
+    parser.add_argument("--c-residual", type=float, default=None, help="override the residual weight of PIDM")
     parser.add_argument("--workers", type=int, default=1, help="processes generating the dataset")
     return parser.parse_args(argv)
 
@@ -90,6 +93,8 @@ def base_config(args: argparse.Namespace) -> dict:
     """The mode's configuration sections with the command-line overrides."""
     config = {section: dict(values) for section, values in MODES[args.mode]["config"].items()}
     config["training"]["device"] = args.device
+    if args.c_residual is not None:
+        config["diffusion"]["c_residual"] = args.c_residual
     if args.steps is not None:
         config["training"]["steps"] = args.steps
         config["training"]["ema_start"] = min(config["training"]["ema_start"], args.steps // 2)
@@ -166,7 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     except MeshError as err:
         print(f"darcy_mesh: error: {err}", file=sys.stderr)
         return 2
-    methods = [m for m in METHODS if not (m == "pidm_sample" and args.no_sample_estimation)]
+    methods = [m for m in args.methods if not (m == "pidm_sample" and args.no_sample_estimation)]
+    if "cocogen" in methods and "ddpm" not in methods:
+        print("darcy_mesh: error: --methods: cocogen samples the DDPM model, so it needs ddpm", file=sys.stderr)
+        return 2
     n_samples = args.n_samples or mode["n_samples"]
     runs = train_and_sample(base_config(args), methods, mesh_path, out, n_samples, COCOGEN, args.workers,
                             progress=True)
