@@ -176,9 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         print("darcy_mesh: error: --methods: cocogen samples the DDPM model, so it needs ddpm", file=sys.stderr)
         return 2
     n_samples = args.n_samples or mode["n_samples"]
-    runs = train_and_sample(base_config(args), methods, mesh_path, out, n_samples, COCOGEN, args.workers,
-                            progress=True)
-    experiment = runs.pop("_experiment")
+    runs, experiment = train_and_sample(base_config(args), methods, mesh_path, out, n_samples, COCOGEN,
+                                        args.workers, progress=True)
     splits = experiment.dataset()
     samples = {m: runs[m]["rows"] for m in methods}
     def float64_nodes(rows: np.ndarray) -> torch.Tensor:  # the physics is evaluated in float64

@@ -48,14 +48,15 @@ def seconds_per_step(log: Path) -> float:
 
 def train_and_sample(
     base: dict, methods: list[str], mesh, out: Path, n_samples: int, cocogen: dict, workers: int, progress: bool
-) -> dict:
+) -> tuple[dict, DarcyExperiment]:
     """Train each method (resuming finished or partial runs), then sample it.
 
     Returns
     -------
-    dict
-        ``{method: {"rows", "seconds_per_step", "sample_seconds_per_sample", "log"}}``
-        plus ``"_experiment"``: the DDPM experiment (data, problem and layout).
+    runs : dict
+        ``{method: {"rows", "seconds_per_step", "sample_seconds_per_sample", "log"}}``.
+    experiment : DarcyExperiment
+        The first trained method's experiment: the shared data, problem and layout.
     """
     results, experiments = {}, {}
     for method in [m for m in methods if m in TRAINED]:
@@ -71,8 +72,7 @@ def train_and_sample(
         corrected = DarcyExperiment(dataclasses.replace(ddpm.config, sampling=sampling), mesh,
                                     data_dir=out / "data", run_dir=ddpm.run_dir, progress=progress)
         results["cocogen"] = _sample(corrected, n_samples)
-    results["_experiment"] = experiments["ddpm"]
-    return results
+    return results, next(iter(experiments.values()))
 
 
 def _sample(experiment: DarcyExperiment, n_samples: int) -> dict:
