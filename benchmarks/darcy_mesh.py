@@ -85,6 +85,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                         help="methods to compare (cocogen needs ddpm)")
     parser.add_argument("--c-residual", type=float, default=None, help="override the residual weight of PIDM")
+    parser.add_argument("--representation", choices=("nodal", "elliptic"), default=None,
+                        help="override the fields the network sees (nodal p, K or elliptic coordinates)")
     parser.add_argument("--workers", type=int, default=1, help="processes generating the dataset")
     return parser.parse_args(argv)
 
@@ -95,6 +97,8 @@ def base_config(args: argparse.Namespace) -> dict:
     config["training"]["device"] = args.device
     if args.c_residual is not None:
         config["diffusion"]["c_residual"] = args.c_residual
+    if args.representation is not None:
+        config["diffusion"]["representation"] = args.representation
     if args.steps is not None:
         config["training"]["steps"] = args.steps
         config["training"]["ema_start"] = min(config["training"]["ema_start"], args.steps // 2)

@@ -10,6 +10,7 @@ import pytest
 from pidm_fem.data import DatasetError, SampleFile, generate_samples, load_samples
 from pidm_fem.mesh import default_mesh_path, load_mesh, unit_square_family
 from pidm_fem.physics.darcy import DarcyProblem
+from pidm_fem.physics.field_maps import neumann_laplacian_maps
 from pidm_fem.physics.darcy_data import DarcyDataSettings, DarcySampleGenerator, make_darcy_generator
 from pidm_fem.physics.permeability import KarhunenLoeve, MaternField, dof_coordinates
 
@@ -138,3 +139,28 @@ def test_dataset_deterministic_resumable_and_refuses_other_mesh(tmp_path):
     with pytest.raises(DatasetError, match="other settings"):
         SampleFile.open_for_writing(tmp_path / "four.h5", 6, generator.fingerprint, _settings(length=0.2).as_dict(),
                                     fields)
+
+
+def test_neumann_laplacian_maps_invert_and_converge():
+    """G q solves the pure-Neumann problem: rate 2 in L2 for q = -div(grad(p)); G M_L^{-1} A = identity on zero mean."""
+    errors, sizes = [], []
+    for path in unit_square_family():
+        mesh = load_mesh(path)
+        V = fd.FunctionSpace(mesh, "CG", 1)
+        forward, inverse = neumann_laplacian_maps(V)
+        x, y = fd.SpatialCoordinate(mesh)
+        p_exact = fd.cos(fd.pi * x) * fd.cos(2 * fd.pi * y)  # zero normal flux, zero mean
+        q = fd.Function(V).interpolate(5 * fd.pi**2 * p_exact)  # -div(grad(p_exact))
+        p = fd.Function(V)
+        p.dat.data[:] = inverse @ q.dat.data_ro
+        errors.append(math.sqrt(fd.assemble((p - p_exact) ** 2 * fd.dx(degree=6))))
+        sizes.append(mesh.cell_sizes.dat.data_ro.max())
+        weights = fd.assemble(fd.TestFunction(V) * fd.dx).dat.data_ro
+        field = np.random.default_rng(0).standard_normal(V.dof_count)
+        field -= field @ weights / weights.sum()
+        assert np.allclose(inverse @ (forward @ field), field, atol=1e-10 * np.abs(field).max())
+        assert abs(weights @ p.dat.data_ro) < 1e-12
+    rates = [math.log(errors[i] / errors[i + 1]) / math.log(sizes[i] / sizes[i + 1]) for i in range(2)]
+    assert all(1.8 <= r <= 2.2 for r in rates), (errors, rates)
+    with pytest.raises(ValueError, match="scalar space"):
+        neumann_laplacian_maps(fd.VectorFunctionSpace(mesh, "CG", 1))

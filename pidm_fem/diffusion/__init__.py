@@ -9,15 +9,18 @@ from __future__ import annotations
 
 from pidm_fem.diffusion.guidance import CoCoGenCorrector, PhysicsGuidedConditioning, Residual
 from pidm_fem.diffusion.losses import Functional, PIDMLoss
-from pidm_fem.diffusion.normalization import FieldNormalizer
+from pidm_fem.diffusion.normalization import ChannelMap, FieldNormalizer, LinearChannelMap, LogChannelMap
 from pidm_fem.diffusion.samplers import sample
 from pidm_fem.diffusion.schedule import CosineSchedule
 
 __all__ = [
+    "ChannelMap",
     "CoCoGenCorrector",
     "CosineSchedule",
     "FieldNormalizer",
     "Functional",
+    "LinearChannelMap",
+    "LogChannelMap",
     "PIDMLoss",
     "PhysicsGuidedConditioning",
     "Residual",

@@ -1,27 +1,105 @@
-"""Per-field (per-channel) affine normalisation between physical and network units.
+"""Per-field (per-channel) coordinates of the network: an optional map, then affine normalisation.
 
-The network sees ``(x - mean_c) / std_c`` for each channel c; the physics always
-sees physical values. The statistics travel with checkpoints as a state dict.
+The network sees ``(m_c(x_c) - mean_c) / std_c`` for each channel c, where ``m_c`` is
+the channel's :class:`ChannelMap` (the identity when None); the physics always sees
+physical values. Maps let a problem choose coordinates in which errors of the network
+are benign: a linear map such as the discrete Laplacian of a pressure (so that the
+network's errors reach the pressure only through the inverse, smoothing operator), or
+the logarithm of a positive field (whose samples are then positive by construction).
+The statistics travel with checkpoints as a state dict; the maps are rebuilt by the
+caller (they depend on the mesh, not on the data).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
+import numpy as np
 import torch
 
 
+class ChannelMap(Protocol):
+    """An invertible map of one channel's values (..., n) between physical and network coordinates."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Physical values (..., n) to the network's coordinates (..., n)."""
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """The network's coordinates (..., n) back to physical values (..., n), differentiably."""
+
+
+class LinearChannelMap:
+    """``y = A x`` and ``x = B y`` with dense matrices A (forward) and B (inverse), each (n, n).
+
+    B need only be a left inverse of A on the physical values of interest (for a
+    pure-Neumann Laplacian, the fields of zero mean). Both are stored as float64 and
+    cast to the input's dtype and device on first use (cached).
+    """
+
+    def __init__(self, forward: np.ndarray | torch.Tensor, inverse: np.ndarray | torch.Tensor):
+        self._matrices = {
+            "forward": torch.as_tensor(forward, dtype=torch.float64).detach().cpu(),
+            "inverse": torch.as_tensor(inverse, dtype=torch.float64).detach().cpu(),
+        }
+        shapes = {tuple(matrix.shape) for matrix in self._matrices.values()}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 2 or len(set(next(iter(shapes)))) != 1:
+            raise ValueError(f"forward and inverse must be square matrices of one size, got shapes {sorted(shapes)}")
+        self._cache: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
+
+    def _matrix(self, which: str, like: torch.Tensor) -> torch.Tensor:
+        key = (which, like.device, like.dtype)
+        if key not in self._cache:
+            self._cache[key] = self._matrices[which].to(device=like.device, dtype=like.dtype)
+        return self._cache[key]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``A x`` for each row of x (..., n)."""
+        return x @ self._matrix("forward", x).T
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """``B y`` for each row of y (..., n)."""
+        return y @ self._matrix("inverse", y).T
+
+
+class LogChannelMap:
+    """``y = log x`` and ``x = exp y``: for positive fields, whose samples stay positive."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``log x``.
+
+        Raises
+        ------
+        ValueError
+            If some value is not positive.
+        """
+        if not bool((x > 0).all()):
+            raise ValueError("the log map needs positive values")
+        return torch.log(x)
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        """``exp y``."""
+        return torch.exp(y)
+
+
 class FieldNormalizer:
-    """Per-channel mean and standard deviation for samples of shape (..., C, n).
+    """Per-channel map, then mean and standard deviation, for samples of shape (..., C, n).
 
     Parameters
     ----------
     mean, std
-        One value per channel (C,); every std must be positive and finite.
-        Stored as float64 on the CPU and cast to the input's dtype and device on use.
+        One value per channel (C,) of the mapped values; every std must be positive and
+        finite. Stored as float64 on the CPU and cast to the input's dtype and device on use.
+    maps
+        One :class:`ChannelMap` or None (the identity) per channel; all identities when None.
     """
 
-    def __init__(self, mean: torch.Tensor | Sequence[float], std: torch.Tensor | Sequence[float]):
+    def __init__(
+        self,
+        mean: torch.Tensor | Sequence[float],
+        std: torch.Tensor | Sequence[float],
+        maps: Sequence[ChannelMap | None] | None = None,
+    ):
         mean = torch.as_tensor(mean, dtype=torch.float64).detach().cpu().clone()
         std = torch.as_tensor(std, dtype=torch.float64).detach().cpu().clone()
         if mean.ndim != 1 or mean.shape != std.shape or mean.numel() == 0:
@@ -34,18 +112,23 @@ class FieldNormalizer:
         bad = torch.nonzero(~(torch.isfinite(std) & (std > 0))).flatten().tolist()
         if bad:
             raise ValueError(f"channel(s) {bad} have a zero or non-finite standard deviation; cannot normalise")
-        self.mean, self.std = mean, std
+        maps = [None] * mean.numel() if maps is None else list(maps)
+        if len(maps) != mean.numel():
+            raise ValueError(f"got {len(maps)} channel maps for {mean.numel()} channels")
+        self.mean, self.std, self.maps = mean, std, maps
 
     @classmethod
-    def fit(cls, data: torch.Tensor) -> "FieldNormalizer":
-        """Statistics of each channel over all samples and nodes of ``data`` (B, C, n).
+    def fit(cls, data: torch.Tensor, maps: Sequence[ChannelMap | None] | None = None) -> "FieldNormalizer":
+        """Statistics of each mapped channel over all samples and nodes of ``data`` (B, C, n).
 
         The standard deviation is the population one (divisor B n).
         """
         if not isinstance(data, torch.Tensor) or data.ndim != 3:
             raise ValueError("FieldNormalizer.fit needs a tensor of shape (B, C, n)")
-        values = data.detach().to(dtype=torch.float64).transpose(0, 1).reshape(data.shape[1], -1)
-        return cls(values.mean(dim=1), values.std(dim=1, correction=0))
+        identity = cls(torch.zeros(data.shape[1]), torch.ones(data.shape[1]), maps)
+        mapped = identity.normalize(data.detach().to(dtype=torch.float64))
+        values = mapped.transpose(0, 1).reshape(data.shape[1], -1)
+        return cls(values.mean(dim=1), values.std(dim=1, correction=0), maps)
 
     @property
     def n_channels(self) -> int:
@@ -61,24 +144,34 @@ class FieldNormalizer:
         std = self.std.to(device=x.device, dtype=x.dtype).unsqueeze(-1)
         return mean, std
 
+    def _apply_maps(self, x: torch.Tensor, direction: str) -> torch.Tensor:
+        if all(m is None for m in self.maps):
+            return x
+        channels = [
+            x[..., c, :] if m is None else getattr(m, direction)(x[..., c, :]) for c, m in enumerate(self.maps)
+        ]
+        return torch.stack(channels, dim=-2)
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Physical values (..., C, n) to network units."""
         mean, std = self._stats_for(x)
-        return (x - mean) / std
+        return (self._apply_maps(x, "forward") - mean) / std
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Network units (..., C, n) to physical values."""
         mean, std = self._stats_for(x)
-        return x * std + mean
+        return self._apply_maps(x * std + mean, "inverse")
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The statistics, as float64 CPU tensors ``{"mean": (C,), "std": (C,)}``."""
         return {"mean": self.mean.clone(), "std": self.std.clone()}
 
     @classmethod
-    def from_state_dict(cls, state: Mapping[str, torch.Tensor]) -> "FieldNormalizer":
-        """Rebuild a normaliser from :meth:`state_dict`."""
+    def from_state_dict(
+        cls, state: Mapping[str, torch.Tensor], maps: Sequence[ChannelMap | None] | None = None
+    ) -> "FieldNormalizer":
+        """Rebuild a normaliser from :meth:`state_dict` and the channel maps it was fitted with."""
         missing = {"mean", "std"} - set(state)
         if missing:
             raise KeyError(f"normaliser state lacks {sorted(missing)}")
-        return cls(state["mean"], state["std"])
+        return cls(state["mean"], state["std"], maps)

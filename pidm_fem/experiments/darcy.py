@@ -8,8 +8,11 @@ A :class:`DarcyExperiment` joins the layers below from a run configuration and a
   reused afterwards. The training, validation and test splits are consecutive
   index ranges of that file (sizes from the ``data`` section).
 * **units**: the network sees per-field normalised (B, 2, n) tensors (a
-  :class:`~pidm_fem.diffusion.FieldNormalizer` fitted on the training split); the
-  physics sees physical values through the bridge's Darcy residual (strong-form
+  :class:`~pidm_fem.diffusion.FieldNormalizer` fitted on the training split) of the
+  fields themselves (``diffusion.representation: nodal``, as in the paper) or of
+  elliptic coordinates (``elliptic``): the pressure's Neumann Laplacian
+  ``M_L^{-1} A p`` and ``log K``, so that the network's errors reach p only through
+  the smoothing inverse and K stays positive; the physics sees physical values through the bridge's Darcy residual (strong-form
   nodal ``M_L^{-1} R`` or the weak vector ``R``, per ``diffusion.residual``).
 * **loss** (:func:`diffusion_loss`): ``ddpm`` is the data loss alone, ``pidm`` adds the
   residual term, ``physics_guided`` feeds the residual gradient as condition channels.
@@ -40,6 +43,8 @@ from pidm_fem.diffusion import (
     CoCoGenCorrector,
     CosineSchedule,
     FieldNormalizer,
+    LinearChannelMap,
+    LogChannelMap,
     PhysicsGuidedConditioning,
     PIDMLoss,
     Residual,
@@ -48,6 +53,7 @@ from pidm_fem.diffusion import (
 from pidm_fem.experiments.denoisers import build_denoiser
 from pidm_fem.experiments.node_fields import NodeFields
 from pidm_fem.mesh import default_mesh_path
+from pidm_fem.physics.field_maps import neumann_laplacian_maps
 from pidm_fem.physics.darcy_data import DarcyDataSettings, DarcySampleGenerator, make_darcy_generator
 from pidm_fem.training import (
     CheckpointError,
@@ -198,6 +204,7 @@ class DarcyExperiment:
         self.schedule = CosineSchedule(config.diffusion.T)
         self._rows_residual = self.problem.torch_residual(strong=config.diffusion.residual == "strong")
         self._splits: DarcySplits | None = None
+        self._channel_maps: list | None = None
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         """Darcy residual of physical fields (B, 2, n), per ``diffusion.residual``: (B, n), differentiable."""
@@ -241,9 +248,19 @@ class DarcyExperiment:
         """Rows (N, 2n) as the network-dtype tensor (N, 2, n)."""
         return self.fields.to_nodes(torch.as_tensor(rows, dtype=DTYPE))
 
+    def channel_maps(self) -> list:
+        """The per-field maps of ``diffusion.representation``, in channel order [p, K] (built once)."""
+        if self._channel_maps is None:
+            if self.config.diffusion.representation == "elliptic":
+                maps = {"p": LinearChannelMap(*neumann_laplacian_maps(self.problem.V)), "K": LogChannelMap()}
+            else:
+                maps = {}
+            self._channel_maps = [maps.get(name) for name in self.fields.names]
+        return self._channel_maps
+
     def fit_normalizer(self) -> FieldNormalizer:
-        """Per-field statistics of the training split."""
-        return FieldNormalizer.fit(self.node_tensor(self.dataset().train))
+        """Per-field statistics of the training split, in the coordinates of ``diffusion.representation``."""
+        return FieldNormalizer.fit(self.node_tensor(self.dataset().train), self.channel_maps())
 
     def build_model(self) -> nn.Module:
         """A freshly initialised denoiser of ``config.model``, seeded by ``training.seed``.
@@ -336,7 +353,7 @@ class DarcyExperiment:
         for section in ("model", "diffusion"):
             if state.config.get(section) != ours[section]:
                 raise CheckpointError(path, f"trained with another {section} configuration than this experiment's")
-        normalizer = FieldNormalizer.from_state_dict(state.extra[NORMALIZER_KEY])
+        normalizer = FieldNormalizer.from_state_dict(state.extra[NORMALIZER_KEY], self.channel_maps())
         device = torch.device(self.config.training.device)
         model = self.build_model()
         model.load_state_dict(state.ema["shadow"])

@@ -132,6 +132,7 @@ class DiffusionConfig(_Section):
     c_data: float = _key(1.0, _at_least(0))
     c_residual: float = _key(1e-3, _at_least(0))
     residual: Literal["strong", "weak"] = _key("strong")
+    representation: Literal["nodal", "elliptic"] = _key("nodal")
     x0_estimation: Literal["mean", "sample"] = _key("mean")
     sample_steps: int = _key(4, _at_least(1))
     min_snr_gamma: float = _key(5.0, _above(0))
