@@ -45,11 +45,11 @@ MODES = {
         "n_samples": 128,
         "config": {
             "data": {"n_train": 1000, "n_val": 64, "n_test": 128, "seed": 0},
-            "model": {"kind": "mesh", "width": 32},
-            "diffusion": {"T": 100, "c_residual": 1e-3, "sample_steps": 4},
-            "training": {"steps": 6000, "batch_size": 32, "lr": 5e-4, "ema_start": 1000, "val_every": 500,
-                         "checkpoint_every": 250, "log_every": 25, "seed": 0},
-            "sampling": {"sampler": "ddpm", "guidance_scale": 3.0},
+            "model": {"kind": "mesh", "width": 16},
+            "diffusion": {"T": 100, "c_residual": 1e-3, "sample_steps": 2},
+            "training": {"steps": 1500, "batch_size": 16, "lr": 1e-3, "ema_start": 500, "val_every": 250,
+                         "checkpoint_every": 100, "log_every": 25, "seed": 0},
+            "sampling": {"sampler": "ddim", "ddim_steps": 50, "guidance_scale": 3.0},
         },
     },
     "full": {
@@ -88,6 +88,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--representation", choices=("nodal", "elliptic"), default=None,
                         help="override the fields the network sees (nodal p, K or elliptic coordinates)")
     parser.add_argument("--workers", type=int, default=1, help="processes generating the dataset")
+    parser.add_argument("--train-only", action="store_true",
+                        help="train the methods and stop (train subsets in parallel processes with one --out; "
+                             "a later run without it resumes the finished runs, samples and evaluates)")
     return parser.parse_args(argv)
 
 
@@ -160,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
-    from darcy_methods import train_and_sample
+    from darcy_methods import train_all, train_and_sample
     from pidm_fem.atomic_files import atomic_directory, write_json
     from pidm_fem.evaluation import evaluate_methods, markdown_table
     from pidm_fem.mesh import MeshError, load_mesh
@@ -179,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     if "cocogen" in methods and "ddpm" not in methods:
         print("darcy_mesh: error: --methods: cocogen samples the DDPM model, so it needs ddpm", file=sys.stderr)
         return 2
+    if args.train_only:
+        train_all(base_config(args), methods, mesh_path, out, args.workers, progress=True)
+        print(f"trained {', '.join(m for m in methods if m != 'cocogen')} in {out / 'runs'}; "
+              f"run again without --train-only to sample and evaluate")
+        return 0
     n_samples = args.n_samples or mode["n_samples"]
     runs, experiment = train_and_sample(base_config(args), methods, mesh_path, out, n_samples, COCOGEN,
                                         args.workers, progress=True)

@@ -46,6 +46,23 @@ def seconds_per_step(log: Path) -> float:
     return float(np.mean(times)) if times else float("nan")
 
 
+def train_all(base: dict, methods: list[str], mesh, out: Path, workers: int, progress: bool) -> dict:
+    """Train each trained method of ``methods`` (resuming finished or partial runs in ``out/runs``).
+
+    Returns
+    -------
+    dict
+        ``{method: DarcyExperiment}`` of the trained methods, in order.
+    """
+    experiments = {}
+    for method in [m for m in methods if m in TRAINED]:
+        experiment = DarcyExperiment(method_config(base, method), mesh, data_dir=out / "data",
+                                     run_dir=out / "runs" / method, workers=workers, progress=progress)
+        experiment.train()
+        experiments[method] = experiment
+    return experiments
+
+
 def train_and_sample(
     base: dict, methods: list[str], mesh, out: Path, n_samples: int, cocogen: dict, workers: int, progress: bool
 ) -> tuple[dict, DarcyExperiment]:
@@ -58,14 +75,8 @@ def train_and_sample(
     experiment : DarcyExperiment
         The first trained method's experiment: the shared data, problem and layout.
     """
-    results, experiments = {}, {}
-    for method in [m for m in methods if m in TRAINED]:
-        config = method_config(base, method)
-        experiment = DarcyExperiment(config, mesh, data_dir=out / "data", run_dir=out / "runs" / method,
-                                     workers=workers, progress=progress)
-        experiment.train()
-        experiments[method] = experiment
-        results[method] = _sample(experiment, n_samples)
+    experiments = train_all(base, methods, mesh, out, workers, progress)
+    results = {method: _sample(experiment, n_samples) for method, experiment in experiments.items()}
     if "cocogen" in methods:
         ddpm = experiments["ddpm"]
         sampling = dataclasses.replace(ddpm.config.sampling, **cocogen)

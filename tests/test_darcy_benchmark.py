@@ -9,14 +9,22 @@ ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("ddpm", "pidm_mean", "pidm_sample", "physics_guided", "cocogen")
 
 
+def run_benchmark(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "darcy_mesh.py"), *args],
+                          capture_output=True, text=True, timeout=600)
+
+
 def test_smoke_run_writes_every_output(tmp_path):
     out = tmp_path / "bench"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "darcy_mesh.py"), "--quick", "--mesh",
-         str(ROOT / "meshes" / "unit_square_r0.msh"), "--steps", "3", "--n-samples", "4", "--out", str(out)],
-        capture_output=True, text=True, timeout=600,
-    )
+    common = ["--quick", "--mesh", str(ROOT / "meshes" / "unit_square_r0.msh"), "--steps", "3", "--out", str(out)]
+    # one method trained ahead, as a parallel process would; the full run resumes it instead of retraining
+    proc = run_benchmark(*common, "--train-only", "--methods", "ddpm")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not (out / "report").exists() and (out / "runs" / "ddpm" / "last.pt").is_file()
+    trained = (out / "runs" / "ddpm" / "last.pt").stat().st_mtime_ns
+    proc = run_benchmark(*common, "--n-samples", "4")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "runs" / "ddpm" / "last.pt").stat().st_mtime_ns == trained
     report = out / "report"
     for name in ("results.json", "results.md", "samples.png", "residual_maps.png", "residual_histogram.png",
                  "training_curves.png"):
