@@ -87,6 +87,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--c-residual", type=float, default=None, help="override the residual weight of PIDM")
     parser.add_argument("--representation", choices=("nodal", "elliptic"), default=None,
                         help="override the fields the network sees (nodal p, K or elliptic coordinates)")
+    parser.add_argument("--cocogen-step", type=float, default=COCOGEN["cocogen_step"],
+                        help="step size of the CoCoGen residual corrections (normalised units)")
     parser.add_argument("--workers", type=int, default=1, help="processes generating the dataset")
     parser.add_argument("--train-only", action="store_true",
                         help="train the methods and stop (train subsets in parallel processes with one --out; "
@@ -188,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
               f"run again without --train-only to sample and evaluate")
         return 0
     n_samples = args.n_samples or mode["n_samples"]
-    runs, experiment = train_and_sample(base_config(args), methods, mesh_path, out, n_samples, COCOGEN,
+    cocogen = {**COCOGEN, "cocogen_step": args.cocogen_step}
+    runs, experiment = train_and_sample(base_config(args), methods, mesh_path, out, n_samples, cocogen,
                                         args.workers, progress=True)
     splits = experiment.dataset()
     samples = {m: runs[m]["rows"] for m in methods}
@@ -210,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     with torch.no_grad():
         residuals = {m: residual(nodes[m]).numpy() for m in methods}
     summary["run"] = {"mode": args.mode, "mesh": str(mesh_path), "n_nodes": experiment.fields.n_nodes,
-                      "n_samples": n_samples, "methods": methods, "config": base_config(args), "cocogen": COCOGEN,
+                      "n_samples": n_samples, "methods": methods, "config": base_config(args), "cocogen": cocogen,
                       "wall_seconds": None}
     table = markdown_table(summary)
     with atomic_directory(out / "report") as tmp:
