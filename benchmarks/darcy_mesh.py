@@ -65,8 +65,10 @@ MODES = {
         },
     },
 }
-#: CoCoGen: residual-gradient steps during the last N denoising steps and M after sampling
-COCOGEN = {"cocogen_during": 5, "cocogen_after": 10, "cocogen_step": 1e-7}
+#: CoCoGen: residual-gradient steps during the last N denoising steps and M after sampling, each
+#: with a per-sample Armijo line search from the given step (a fixed step that is safe for the
+#: strong-form residual's h^-4 curvature barely moves the samples: 1e-7 lowered DDPM's residual by 16%)
+COCOGEN = {"cocogen_during": 5, "cocogen_after": 10, "cocogen_step": 1e-3, "cocogen_line_search": True}
 METHODS = ("ddpm", "pidm_mean", "pidm_sample", "physics_guided", "cocogen")
 
 
@@ -88,7 +90,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--representation", choices=("nodal", "elliptic"), default=None,
                         help="override the fields the network sees (nodal p, K or elliptic coordinates)")
     parser.add_argument("--cocogen-step", type=float, default=COCOGEN["cocogen_step"],
-                        help="step size of the CoCoGen residual corrections (normalised units)")
+                        help="first trial step of the CoCoGen line search (normalised units)")
     parser.add_argument("--workers", type=int, default=1, help="processes generating the dataset")
     parser.add_argument("--train-only", action="store_true",
                         help="train the methods and stop (train subsets in parallel processes with one --out; "

@@ -254,6 +254,24 @@ def test_cocogen_corrections_reduce_a_linear_residual(normalizer, data):
         assert (after < before).all()
 
 
+def test_cocogen_line_search_is_stable_where_the_fixed_step_diverges(normalizer, data):
+    residual = LinearResidual()
+    std = normalizer.std.repeat_interleave(N)
+    hessian = (residual.A * std).T @ (residual.A * std)
+    big = 50.0 / torch.linalg.eigvalsh(hessian).max().item()  # 25x beyond the stable fixed step
+    x = normalizer.normalize(data)
+    r0 = residual(data).norm(dim=1)
+    fixed = CoCoGenCorrector(residual, normalizer, step_size=big).correct(x, 10)
+    assert (residual(normalizer.denormalize(fixed)).norm(dim=1) > 10 * r0).all()
+    searched = CoCoGenCorrector(residual, normalizer, step_size=big, line_search=True)
+    norms = [r0]
+    for _ in range(10):
+        x = searched.correct(x)
+        norms.append(residual(normalizer.denormalize(x)).norm(dim=1))
+    assert all((after < before).all() for before, after in zip(norms, norms[1:]))
+    assert (norms[-1] < 0.5 * r0).all()
+
+
 def test_cocogen_hooks_in_the_sampler(normalizer, data):
     residual = LinearResidual()
     x0_norm = normalizer.normalize(data)

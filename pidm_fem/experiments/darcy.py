@@ -362,7 +362,12 @@ class DarcyExperiment:
         corrector = guidance = None
         if settings.cocogen_during or settings.cocogen_after:
             corrector = CoCoGenCorrector(
-                self.residual, normalizer, settings.cocogen_step, settings.cocogen_during, settings.cocogen_after
+                self.residual,
+                normalizer,
+                settings.cocogen_step,
+                settings.cocogen_during,
+                settings.cocogen_after,
+                line_search=settings.cocogen_line_search,
             )
         if self.config.diffusion.method == "physics_guided":
             guidance = PhysicsGuidedConditioning(

@@ -177,6 +177,7 @@ class SamplingConfig(_Section):
     cocogen_during: int = _key(0, _at_least(0))
     cocogen_after: int = _key(0, _at_least(0))
     cocogen_step: float = _key(1e-3, _above(0))
+    cocogen_line_search: bool = _key(False)
     n_samples: int = _key(64, _at_least(1))
 
 
