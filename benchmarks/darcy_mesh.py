@@ -68,7 +68,7 @@ MODES = {
 #: CoCoGen: residual-gradient steps during the last N denoising steps and M after sampling, each
 #: with a per-sample Armijo line search from the given step (a fixed step that is safe for the
 #: strong-form residual's h^-4 curvature barely moves the samples: 1e-7 lowered DDPM's residual by 16%)
-COCOGEN = {"cocogen_during": 5, "cocogen_after": 10, "cocogen_step": 1e-3, "cocogen_line_search": True}
+COCOGEN = {"cocogen_during": 5, "cocogen_after": 60, "cocogen_step": 1e-3, "cocogen_line_search": True}
 METHODS = ("ddpm", "pidm_mean", "pidm_sample", "physics_guided", "cocogen")
 
 
@@ -91,6 +91,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="override the fields the network sees (nodal p, K or elliptic coordinates)")
     parser.add_argument("--cocogen-step", type=float, default=COCOGEN["cocogen_step"],
                         help="first trial step of the CoCoGen line search (normalised units)")
+    parser.add_argument("--cocogen-after", type=int, default=COCOGEN["cocogen_after"],
+                        help="CoCoGen correction steps after sampling")
     parser.add_argument("--workers", type=int, default=1, help="processes generating the dataset")
     parser.add_argument("--train-only", action="store_true",
                         help="train the methods and stop (train subsets in parallel processes with one --out; "
@@ -192,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
               f"run again without --train-only to sample and evaluate")
         return 0
     n_samples = args.n_samples or mode["n_samples"]
-    cocogen = {**COCOGEN, "cocogen_step": args.cocogen_step}
+    cocogen = {**COCOGEN, "cocogen_step": args.cocogen_step, "cocogen_after": args.cocogen_after}
     runs, experiment = train_and_sample(base_config(args), methods, mesh_path, out, n_samples, cocogen,
                                         args.workers, progress=True)
     splits = experiment.dataset()
