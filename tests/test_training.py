@@ -389,6 +389,16 @@ def test_resume_refuses_another_mesh_or_configuration(tmp_path):
         Trainer(_model(), _toy_loss, _data(12, seed=1), _config(4, lr=0.1), tmp_path, mesh_fingerprint="mesh-1")
 
 
+def test_checkpoint_from_before_a_new_key_resumes_with_its_default(tmp_path):
+    _train(tmp_path, steps=2)
+    stored = torch.load(tmp_path / "last.pt", weights_only=True)
+    del stored["config"]["diffusion"]["representation"]  # as written before the key existed
+    torch.save(stored, tmp_path / "last.pt")
+    assert load_checkpoint(tmp_path / "last.pt").config == config_to_dict(_config(2))
+    trainer = Trainer(_model(), _toy_loss, _data(12, seed=1), _config(4), tmp_path, mesh_fingerprint="mesh-1")
+    assert trainer.step == 2
+
+
 def test_trainer_rejects_bad_data(tmp_path):
     with pytest.raises(ValueError, match=r"batch_size \(5\) exceeds the number of training rows \(3\)"):
         Trainer(_model(), _toy_loss, _data(3, seed=1), _config(2), tmp_path)

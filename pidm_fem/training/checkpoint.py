@@ -245,6 +245,22 @@ def save_run_checkpoint(run_dir: str | os.PathLike, checkpoint: Checkpoint, keep
     return last
 
 
+def _with_current_defaults(config: Any) -> Any:
+    """A stored run configuration with the defaults of keys added since it was written.
+
+    A configuration that no longer parses (a key since removed, say) is returned as
+    it is, so that comparing it with the current one names the difference.
+    """
+    from pidm_fem.training.config import ConfigError, config_from_dict, config_to_dict
+
+    if not isinstance(config, Mapping):
+        return config
+    try:
+        return config_to_dict(config_from_dict(config))
+    except ConfigError:
+        return config
+
+
 def load_checkpoint(
     path: str | os.PathLike, mesh_fingerprint: str | None = None, map_location: str | torch.device = "cpu"
 ) -> Checkpoint:
@@ -284,7 +300,7 @@ def load_checkpoint(
         raise CheckpointError(path, f"not a pidm_fem checkpoint (format {found!r}, expected {FORMAT!r})")
     data.pop("format")
     try:
-        checkpoint = Checkpoint(**data)
+        checkpoint = Checkpoint(**{**data, "config": _with_current_defaults(data.get("config"))})
     except TypeError as err:
         raise CheckpointError(path, f"incomplete checkpoint ({err})") from None
     if mesh_fingerprint is not None and checkpoint.mesh_fingerprint != mesh_fingerprint:
