@@ -82,6 +82,16 @@ class LogChannelMap:
         return torch.exp(y)
 
 
+def _map_channels(maps: Sequence[ChannelMap | None], x: torch.Tensor, direction: str) -> torch.Tensor:
+    """Apply each channel's map (``direction``: "forward" or "inverse") to samples (..., C, n)."""
+    if len(maps) != x.shape[-2]:
+        raise ValueError(f"expected samples of shape (..., {len(maps)}, n), got {tuple(x.shape)}")
+    if all(m is None for m in maps):
+        return x
+    channels = [x[..., c, :] if m is None else getattr(m, direction)(x[..., c, :]) for c, m in enumerate(maps)]
+    return torch.stack(channels, dim=-2)
+
+
 class FieldNormalizer:
     """Per-channel map, then mean and standard deviation, for samples of shape (..., C, n).
 
@@ -125,8 +135,8 @@ class FieldNormalizer:
         """
         if not isinstance(data, torch.Tensor) or data.ndim != 3:
             raise ValueError("FieldNormalizer.fit needs a tensor of shape (B, C, n)")
-        identity = cls(torch.zeros(data.shape[1]), torch.ones(data.shape[1]), maps)
-        mapped = identity.normalize(data.detach().to(dtype=torch.float64))
+        maps = [None] * data.shape[1] if maps is None else list(maps)
+        mapped = _map_channels(maps, data.detach().to(dtype=torch.float64), "forward")
         values = mapped.transpose(0, 1).reshape(data.shape[1], -1)
         return cls(values.mean(dim=1), values.std(dim=1, correction=0), maps)
 
@@ -144,23 +154,15 @@ class FieldNormalizer:
         std = self.std.to(device=x.device, dtype=x.dtype).unsqueeze(-1)
         return mean, std
 
-    def _apply_maps(self, x: torch.Tensor, direction: str) -> torch.Tensor:
-        if all(m is None for m in self.maps):
-            return x
-        channels = [
-            x[..., c, :] if m is None else getattr(m, direction)(x[..., c, :]) for c, m in enumerate(self.maps)
-        ]
-        return torch.stack(channels, dim=-2)
-
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Physical values (..., C, n) to network units."""
         mean, std = self._stats_for(x)
-        return (self._apply_maps(x, "forward") - mean) / std
+        return (_map_channels(self.maps, x, "forward") - mean) / std
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Network units (..., C, n) to physical values."""
         mean, std = self._stats_for(x)
-        return self._apply_maps(x * std + mean, "inverse")
+        return _map_channels(self.maps, x * std + mean, "inverse")
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """The statistics, as float64 CPU tensors ``{"mean": (C,), "std": (C,)}``."""

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from pidm_fem.atomic_files import atomic_path
+from pidm_fem.training.config import ConfigError, config_from_dict, config_to_dict
 
 __all__ = [
     "FORMAT",
@@ -251,8 +252,6 @@ def _with_current_defaults(config: Any) -> Any:
     A configuration that no longer parses (a key since removed, say) is returned as
     it is, so that comparing it with the current one names the difference.
     """
-    from pidm_fem.training.config import ConfigError, config_from_dict, config_to_dict
-
     if not isinstance(config, Mapping):
         return config
     try:
