@@ -12,8 +12,9 @@ A :class:`DarcyExperiment` joins the layers below from a run configuration and a
   fields themselves (``diffusion.representation: nodal``, as in the paper) or of
   elliptic coordinates (``elliptic``): the pressure's Neumann Laplacian
   ``M_L^{-1} A p`` and ``log K``, so that the network's errors reach p only through
-  the smoothing inverse and K stays positive; the physics sees physical values through the bridge's Darcy residual (strong-form
-  nodal ``M_L^{-1} R`` or the weak vector ``R``, per ``diffusion.residual``).
+  the smoothing inverse and K stays positive. The physics sees physical values
+  through the bridge's Darcy residual (strong-form nodal ``M_L^{-1} R`` or the weak
+  vector ``R``, per ``diffusion.residual``).
 * **loss** (:func:`diffusion_loss`): ``ddpm`` is the data loss alone, ``pidm`` adds the
   residual term, ``physics_guided`` feeds the residual gradient as condition channels.
 * **training** with the :class:`~pidm_fem.training.Trainer` in the run folder; the
