@@ -69,7 +69,7 @@ MODES = {
 #: with a per-sample Armijo line search from the given step (a fixed step that is safe for the
 #: strong-form residual's h^-4 curvature barely moves the samples: 1e-7 lowered DDPM's residual by 16%)
 COCOGEN = {"cocogen_during": 5, "cocogen_after": 60, "cocogen_step": 1e-3, "cocogen_line_search": True}
-METHODS = ("ddpm", "pidm_mean", "pidm_sample", "physics_guided", "cocogen")
+METHODS = ("ddpm", "pidm_mean", "pidm_sample", "physics_guided", "cocogen", "pidm_cocogen")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -85,7 +85,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--n-samples", type=int, default=None, help="override the number of generated samples")
     parser.add_argument("--no-sample-estimation", action="store_true", help="skip PIDM with 'sample' estimation")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
-                        help="methods to compare (cocogen needs ddpm)")
+                        help="methods to compare (cocogen needs ddpm, pidm_cocogen pidm_mean)")
     parser.add_argument("--c-residual", type=float, default=None, help="override the residual weight of PIDM")
     parser.add_argument("--representation", choices=("nodal", "elliptic"), default=None,
                         help="override the fields the network sees (nodal p, K or elliptic coordinates)")
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
-    from darcy_methods import train_all, train_and_sample
+    from darcy_methods import CORRECTED, TRAINED, train_all, train_and_sample
     from pidm_fem.atomic_files import atomic_directory, write_json
     from pidm_fem.evaluation import evaluate_methods, markdown_table
     from pidm_fem.mesh import MeshError, load_mesh
@@ -185,12 +185,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"darcy_mesh: error: {err}", file=sys.stderr)
         return 2
     methods = [m for m in args.methods if not (m == "pidm_sample" and args.no_sample_estimation)]
-    if "cocogen" in methods and "ddpm" not in methods:
-        print("darcy_mesh: error: --methods: cocogen samples the DDPM model, so it needs ddpm", file=sys.stderr)
-        return 2
+    for method, trained in CORRECTED.items():
+        if method in methods and trained not in methods:
+            print(f"darcy_mesh: error: --methods: {method} samples the {trained} model, so it needs {trained}",
+                  file=sys.stderr)
+            return 2
     if args.train_only:
         train_all(base_config(args), methods, mesh_path, out, args.workers, progress=True)
-        print(f"trained {', '.join(m for m in methods if m != 'cocogen')} in {out / 'runs'}; "
+        print(f"trained {', '.join(m for m in methods if m in TRAINED)} in {out / 'runs'}; "
               f"run again without --train-only to sample and evaluate")
         return 0
     n_samples = args.n_samples or mode["n_samples"]
@@ -224,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         (tmp / "fields").mkdir()
         write_fields(experiment, samples, residuals, tmp / "fields")
         write_figures(experiment, samples, residuals, summary,
-                      {m: runs[m]["log"] for m in methods if m != "cocogen"}, tmp)
+                      {m: runs[m]["log"] for m in methods if m in TRAINED}, tmp)
         summary["run"]["wall_seconds"] = time.perf_counter() - t_start
         write_json(tmp / "results.json", summary)
         (tmp / "results.md").write_text(

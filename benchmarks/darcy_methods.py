@@ -7,7 +7,8 @@ only in the switches of the diffusion configuration:
 * ``pidm_mean``: PIDM, residual of the network's x0 estimate;
 * ``pidm_sample``: PIDM, residual at the end of a differentiable DDIM chain;
 * ``physics_guided``: residual-gradient conditioning with classifier-free guidance;
-* ``cocogen``: the DDPM model, sampled with residual corrections.
+* ``cocogen``: the DDPM model, sampled with residual corrections;
+* ``pidm_cocogen``: the PIDM-mean model, sampled with the same corrections.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ TRAINED = {
     "pidm_sample": {"method": "pidm", "x0_estimation": "sample"},
     "physics_guided": {"method": "physics_guided"},
 }
+#: sampled-only methods: the trained method whose model they sample with CoCoGen corrections
+CORRECTED = {"cocogen": "ddpm", "pidm_cocogen": "pidm_mean"}
 
 
 def method_config(base: dict, method: str):
@@ -77,12 +80,12 @@ def train_and_sample(
     """
     experiments = train_all(base, methods, mesh, out, workers, progress)
     results = {method: _sample(experiment, n_samples) for method, experiment in experiments.items()}
-    if "cocogen" in methods:
-        ddpm = experiments["ddpm"]
-        sampling = dataclasses.replace(ddpm.config.sampling, **cocogen)
-        corrected = DarcyExperiment(dataclasses.replace(ddpm.config, sampling=sampling), mesh,
-                                    data_dir=out / "data", run_dir=ddpm.run_dir, progress=progress)
-        results["cocogen"] = _sample(corrected, n_samples)
+    for method in [m for m in methods if m in CORRECTED]:
+        trained = experiments[CORRECTED[method]]
+        sampling = dataclasses.replace(trained.config.sampling, **cocogen)
+        corrected = DarcyExperiment(dataclasses.replace(trained.config, sampling=sampling), mesh,
+                                    data_dir=out / "data", run_dir=trained.run_dir, progress=progress)
+        results[method] = _sample(corrected, n_samples)
     return results, next(iter(experiments.values()))
 
 

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("ddpm", "pidm_mean", "pidm_sample", "physics_guided", "cocogen")
+METHODS = ("ddpm", "pidm_mean", "pidm_sample", "physics_guided", "cocogen", "pidm_cocogen")
 
 
 def run_benchmark(*args: str) -> subprocess.CompletedProcess:
