@@ -61,8 +61,9 @@ class CoCoGenCorrector:
     step diverges. For a strong-form residual of an elliptic problem the squared norm
     is badly conditioned (its largest curvature grows like h^-4), so a fixed step that
     is safe for every sample barely moves the smooth components; with
-    ``line_search`` each sample's step starts at ``step_size`` (or at twice its last
-    accepted step) and is halved until the squared residual decreases by the Armijo
+    ``line_search`` each sample's step starts at ``step_size`` (within one call of
+    :meth:`correct`, at twice its last accepted step) and is halved until the squared
+    residual decreases by the Armijo
     condition ``f(x - s g) <= f(x) - 1e-4 s |g|^2`` (g = grad f, f = |R|^2); a sample
     for which 40 halvings fail is left unchanged.
 
@@ -99,7 +100,7 @@ class CoCoGenCorrector:
 
     def correct(self, x: torch.Tensor, n_times: int = 1) -> torch.Tensor:
         """Apply ``n_times`` correction steps to normalised samples ``x`` (B, C, n); detached."""
-        steps = torch.full((x.shape[0],), float(self.step_size), dtype=x.dtype, device=x.device)
+        steps = torch.full((x.shape[0],), float(self.step_size), dtype=x.dtype, device=x.device)  # line search
         for _ in range(n_times):
             # grad ||R||^2 is twice the gradient of ||R||^2 / 2.
             grad = 2.0 * squared_residual_gradient(self.residual, self.normalizer, x)
