@@ -89,6 +89,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--c-residual", type=float, default=None, help="override the residual weight of PIDM")
     parser.add_argument("--representation", choices=("nodal", "elliptic"), default=None,
                         help="override the fields the network sees (nodal p, K or elliptic coordinates)")
+    parser.add_argument("--residual-gradient", choices=("all", "state"), default=None,
+                        help="differentiate PIDM's residual with respect to all fields or the pressure only")
+    parser.add_argument("--cocogen-gradient", choices=("all", "state"), default="all",
+                        help="CoCoGen corrections change all fields or the pressure only")
     parser.add_argument("--cocogen-step", type=float, default=COCOGEN["cocogen_step"],
                         help="first trial step of the CoCoGen line search (normalised units)")
     parser.add_argument("--cocogen-after", type=int, default=COCOGEN["cocogen_after"],
@@ -108,6 +112,8 @@ def base_config(args: argparse.Namespace) -> dict:
         config["diffusion"]["c_residual"] = args.c_residual
     if args.representation is not None:
         config["diffusion"]["representation"] = args.representation
+    if args.residual_gradient is not None:
+        config["diffusion"]["residual_gradient"] = args.residual_gradient
     if args.steps is not None:
         config["training"]["steps"] = args.steps
         config["training"]["ema_start"] = min(config["training"]["ema_start"], args.steps // 2)
@@ -196,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
               f"run again without --train-only to sample and evaluate")
         return 0
     n_samples = args.n_samples or mode["n_samples"]
-    cocogen = {**COCOGEN, "cocogen_step": args.cocogen_step, "cocogen_after": args.cocogen_after}
+    cocogen = {**COCOGEN, "cocogen_step": args.cocogen_step, "cocogen_after": args.cocogen_after,
+               "cocogen_gradient": args.cocogen_gradient}
     runs, experiment = train_and_sample(base_config(args), methods, mesh_path, out, n_samples, cocogen,
                                         args.workers, progress=True)
     splits = experiment.dataset()

@@ -118,6 +118,16 @@ def test_diffusion_loss_methods(experiment):
         training=False,
     )
     assert guided.conditioning.dropout == 0 and guided.c_residual == 0
+    assert experiment.coefficient_channels() == (experiment.fields.channel("K"),) == (1,)
+    for setting, frozen in (("all", ()), ("state", (1,))):
+        pidm = diffusion_loss(
+            small_config(diffusion={"residual_gradient": setting}).diffusion,
+            experiment.schedule,
+            normalizer,
+            experiment.residual,
+            coefficient_channels=experiment.coefficient_channels(),
+        )
+        assert pidm.frozen_channels == frozen
     with pytest.raises(ConfigError, match="diffusion.c_eq"):
         diffusion_loss(small_config(diffusion={"c_eq": 1.0}).diffusion, experiment.schedule, normalizer, forbidden)
 

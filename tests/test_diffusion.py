@@ -272,6 +272,35 @@ def test_cocogen_line_search_is_stable_where_the_fixed_step_diverges(normalizer,
     assert (norms[-1] < 0.5 * r0).all()
 
 
+def test_frozen_channels_take_no_physics_gradient(normalizer, data):
+    """With channel 1 frozen the residual term trains channel 0 only, and its value is unchanged."""
+    t = torch.tensor([0, 1, 37, 99])
+    frozen, free = (PIDMLoss(CosineSchedule(), normalizer, residual=LinearResidual(), c_data=0.0, frozen_channels=c)
+                    for c in ((1,), ()))
+    grads, values = [], []
+    for loss in (frozen, free):
+        output = torch.randn(4, C, N, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+        model = FixedDenoiser(output)
+        model.output.requires_grad_(True)
+        total, _ = loss(model, data, t=t)
+        (grad,) = torch.autograd.grad(total, model.output)
+        grads.append(grad)
+        values.append(total.item())
+    assert values[0] == pytest.approx(values[1], rel=1e-12)
+    assert torch.equal(grads[0][:, 1], torch.zeros_like(grads[0][:, 1]))
+    assert torch.allclose(grads[0][:, 0], grads[1][:, 0], rtol=1e-12, atol=0)
+    assert grads[1][:, 1].abs().max() > 0
+
+
+def test_cocogen_with_frozen_channels_corrects_the_state_only(normalizer, data):
+    residual = LinearResidual()
+    corrector = CoCoGenCorrector(residual, normalizer, step_size=1e-3, line_search=True, frozen_channels=(1,))
+    x = normalizer.normalize(data)
+    corrected = corrector.correct(x, 10)
+    assert torch.equal(corrected[:, 1], x[:, 1])
+    assert (residual(normalizer.denormalize(corrected)).norm(dim=1) < residual(data).norm(dim=1)).all()
+
+
 def test_cocogen_hooks_in_the_sampler(normalizer, data):
     residual = LinearResidual()
     x0_norm = normalizer.normalize(data)

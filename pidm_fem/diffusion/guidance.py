@@ -50,6 +50,19 @@ def squared_residual_gradient(residual: Residual, normalizer: FieldNormalizer, x
     return grad.detach()
 
 
+def detach_channels(x: torch.Tensor, channels: tuple[int, ...]) -> torch.Tensor:
+    """``x`` (B, C, n) with the given channels detached from the autograd graph (same values).
+
+    The physics terms use it to treat coefficient fields as given: the residual is
+    differentiated with respect to the remaining (state) channels only.
+    """
+    if not channels:
+        return x
+    frozen = torch.zeros(x.shape[1], dtype=torch.bool, device=x.device)
+    frozen[list(channels)] = True
+    return torch.where(frozen.reshape(1, -1, *([1] * (x.ndim - 2))), x.detach(), x)
+
+
 @dataclass
 class CoCoGenCorrector:
     """CoCoGen residual corrections ``x <- x - step_size * grad ||R(x)||^2``.
@@ -65,7 +78,9 @@ class CoCoGenCorrector:
     :meth:`correct`, at twice its last accepted step) and is halved until the squared
     residual decreases by the Armijo
     condition ``f(x - s g) <= f(x) - 1e-4 s |g|^2`` (g = grad f, f = |R|^2); a sample
-    for which 40 halvings fail is left unchanged.
+    for which 40 halvings fail is left unchanged. Channels in ``frozen_channels``
+    (coefficient fields) are never changed: the corrections then solve for the state
+    given the coefficients.
 
     Parameters
     ----------
@@ -81,6 +96,8 @@ class CoCoGenCorrector:
         Correction steps applied after sampling (M).
     line_search
         Per-sample backtracking (Armijo) from ``step_size`` instead of the fixed step.
+    frozen_channels
+        Channels the corrections leave as they are (their gradient is dropped).
     """
 
     residual: Residual
@@ -89,6 +106,7 @@ class CoCoGenCorrector:
     n_during: int = 0
     n_after: int = 0
     line_search: bool = False
+    frozen_channels: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.step_size > 0:
@@ -104,6 +122,7 @@ class CoCoGenCorrector:
         for _ in range(n_times):
             # grad ||R||^2 is twice the gradient of ||R||^2 / 2.
             grad = 2.0 * squared_residual_gradient(self.residual, self.normalizer, x)
+            grad[:, list(self.frozen_channels)] = 0
             if self.line_search:
                 x, steps = self._backtrack(x.detach(), grad, steps)
             else:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from pidm_fem.diffusion.guidance import PhysicsGuidedConditioning, Residual
+from pidm_fem.diffusion.guidance import PhysicsGuidedConditioning, Residual, detach_channels
 from pidm_fem.diffusion.normalization import FieldNormalizer
 from pidm_fem.diffusion.schedule import CosineSchedule, gaussian_noise
 
@@ -84,6 +84,11 @@ class PIDMLoss:
         channels of x_t after the user condition fields, dropped per sample with the
         conditioning's dropout probability (one mask per batch, reused, with channels
         recomputed, at every network evaluation of the "sample" chain).
+    frozen_channels
+        Channels of x0_est that the physics terms see as constants: their gradients
+        reach the network through the data loss only. Freezing the coefficient fields
+        (K of Darcy) differentiates the residual with respect to the state alone, the
+        direction in which the forward problem is well posed.
     """
 
     schedule: CosineSchedule
@@ -101,6 +106,7 @@ class PIDMLoss:
     lambda_opt: float = 1.0
     snr_gamma: float = 5.0
     conditioning: PhysicsGuidedConditioning | None = None
+    frozen_channels: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("c_data", "c_residual", "c_eq", "c_ineq", "lambda_opt", "snr_gamma"):
@@ -202,7 +208,7 @@ class PIDMLoss:
         terms = self._physics_terms()
         if terms:
             x0_est = x0_hat if self.x0_estimate == "mean" else self._sample_estimate(denoise, x_t, t, x0_hat)
-            x_phys = self.normalizer.denormalize(x0_est)
+            x_phys = self.normalizer.denormalize(detach_channels(x0_est, self.frozen_channels))
             variance = self.schedule.posterior_variance.to(x_phys.device)[t].to(x_phys.dtype)
             for component, functional, weight_c, kind in terms:
                 g = _rows(functional(x_phys), batch, component)

@@ -72,6 +72,8 @@ from pidm_fem.training.config import DiffusionConfig
 DTYPE = torch.float32
 #: key of the normaliser statistics in a checkpoint's ``extra``
 NORMALIZER_KEY = "normalizer"
+#: the coefficient field of the Darcy equation (its state is the pressure)
+COEFFICIENT_FIELDS = ("K",)
 
 
 def diffusion_loss(
@@ -80,13 +82,16 @@ def diffusion_loss(
     normalizer: FieldNormalizer,
     residual: Residual,
     *,
+    coefficient_channels: tuple[int, ...] = (),
     training: bool = True,
 ) -> PIDMLoss:
     """The loss of ``config.method`` for a problem with a residual and no other physics terms.
 
     * ``ddpm``: the min-SNR data loss alone; the residual is never called.
     * ``pidm``: plus ``c_residual`` times the residual term, with the x0 estimate
-      ``x0_estimation`` (and ``sample_steps`` for "sample").
+      ``x0_estimation`` (and ``sample_steps`` for "sample"); with
+      ``residual_gradient: state`` the residual is not differentiated with respect to
+      the ``coefficient_channels``.
     * ``physics_guided``: the data loss of a denoiser that receives the residual
       gradient of x_t as C extra condition channels, dropped with probability
       ``cond_dropout`` when ``training``.
@@ -101,6 +106,8 @@ def diffusion_loss(
         The normaliser of the training data.
     residual
         Differentiable residual on physical samples, (B, C, n) -> (B, M).
+    coefficient_channels
+        Channels of the problem's coefficient fields (the data of the PDE, not its state).
     training
         Condition dropout on (training) or off (validation); only physics_guided uses it.
 
@@ -129,6 +136,7 @@ def diffusion_loss(
         sample_steps=config.sample_steps,
         snr_gamma=config.min_snr_gamma,
         conditioning=conditioning,
+        frozen_channels=coefficient_channels if config.residual_gradient == "state" else (),
     )
 
 
@@ -249,6 +257,10 @@ class DarcyExperiment:
         """Rows (N, 2n) as the network-dtype tensor (N, 2, n)."""
         return self.fields.to_nodes(torch.as_tensor(rows, dtype=DTYPE))
 
+    def coefficient_channels(self) -> tuple[int, ...]:
+        """Channels of the coefficient fields (K): held fixed when physics is differentiated "state" only."""
+        return tuple(self.fields.channel(name) for name in COEFFICIENT_FIELDS)
+
     def channel_maps(self) -> list:
         """The per-field maps of ``diffusion.representation``, in channel order [p, K] (built once)."""
         if self._channel_maps is None:
@@ -290,8 +302,17 @@ class DarcyExperiment:
         splits = self.dataset()
         normalizer = self.fit_normalizer()
         diffusion = self.config.diffusion
-        train_loss = diffusion_loss(diffusion, self.schedule, normalizer, self.residual, training=True)
-        eval_loss = diffusion_loss(diffusion, self.schedule, normalizer, self.residual, training=False)
+        train_loss, eval_loss = (
+            diffusion_loss(
+                diffusion,
+                self.schedule,
+                normalizer,
+                self.residual,
+                coefficient_channels=self.coefficient_channels(),
+                training=training,
+            )
+            for training in (True, False)
+        )
 
         def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator):
             loss = train_loss if model.training else eval_loss
@@ -320,7 +341,8 @@ class DarcyExperiment:
         """Draw physical rows ``[p, K]`` from a checkpoint's EMA weights, per ``config.sampling``.
 
         Batches of ``training.batch_size`` samples are drawn in turn from one generator.
-        CoCoGen corrections run when ``cocogen_during`` or ``cocogen_after`` is positive;
+        CoCoGen corrections run when ``cocogen_during`` or ``cocogen_after`` is positive
+        (on the pressure only with ``cocogen_gradient: state``);
         a physics-guided model is sampled with classifier-free guidance of scale
         ``guidance_scale``.
 
@@ -369,6 +391,7 @@ class DarcyExperiment:
                 settings.cocogen_during,
                 settings.cocogen_after,
                 line_search=settings.cocogen_line_search,
+                frozen_channels=self.coefficient_channels() if settings.cocogen_gradient == "state" else (),
             )
         if self.config.diffusion.method == "physics_guided":
             guidance = PhysicsGuidedConditioning(

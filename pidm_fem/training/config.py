@@ -133,6 +133,7 @@ class DiffusionConfig(_Section):
     c_residual: float = _key(1e-3, _at_least(0))
     residual: Literal["strong", "weak"] = _key("strong")
     representation: Literal["nodal", "elliptic"] = _key("nodal")
+    residual_gradient: Literal["all", "state"] = _key("all")
     x0_estimation: Literal["mean", "sample"] = _key("mean")
     sample_steps: int = _key(4, _at_least(1))
     min_snr_gamma: float = _key(5.0, _above(0))
@@ -178,6 +179,7 @@ class SamplingConfig(_Section):
     cocogen_after: int = _key(0, _at_least(0))
     cocogen_step: float = _key(1e-3, _above(0))
     cocogen_line_search: bool = _key(False)
+    cocogen_gradient: Literal["all", "state"] = _key("all")
     n_samples: int = _key(64, _at_least(1))
 
 
