@@ -89,6 +89,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--c-residual", type=float, default=None, help="override the residual weight of PIDM")
     parser.add_argument("--representation", choices=("nodal", "elliptic"), default=None,
                         help="override the fields the network sees (nodal p, K or elliptic coordinates)")
+    parser.add_argument("--prediction", choices=("x0", "v"), default=None,
+                        help="override what the network predicts (x0 directly, or v: a skip-connected x0)")
     parser.add_argument("--residual-gradient", choices=("all", "state"), default=None,
                         help="differentiate PIDM's residual with respect to all fields or the pressure only")
     parser.add_argument("--cocogen-gradient", choices=("all", "state"), default="all",
@@ -112,6 +114,8 @@ def base_config(args: argparse.Namespace) -> dict:
         config["diffusion"]["c_residual"] = args.c_residual
     if args.representation is not None:
         config["diffusion"]["representation"] = args.representation
+    if args.prediction is not None:
+        config["diffusion"]["prediction"] = args.prediction
     if args.residual_gradient is not None:
         config["diffusion"]["residual_gradient"] = args.residual_gradient
     if args.steps is not None:

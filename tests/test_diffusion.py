@@ -16,6 +16,7 @@ from torch import nn
 from pidm_fem.diffusion.guidance import CoCoGenCorrector, PhysicsGuidedConditioning
 from pidm_fem.diffusion.losses import PIDMLoss
 from pidm_fem.diffusion.normalization import FieldNormalizer, LinearChannelMap, LogChannelMap
+from pidm_fem.diffusion.parameterization import VPredictionDenoiser, x0_denoiser
 from pidm_fem.diffusion.samplers import sample
 from pidm_fem.diffusion.schedule import CosineSchedule
 
@@ -299,6 +300,37 @@ def test_cocogen_with_frozen_channels_corrects_the_state_only(normalizer, data):
     corrected = corrector.correct(x, 10)
     assert torch.equal(corrected[:, 1], x[:, 1])
     assert (residual(normalizer.denormalize(corrected)).norm(dim=1) < residual(data).norm(dim=1)).all()
+
+
+class OracleVelocity(nn.Module):
+    """Returns the exact v of known clean samples and noise."""
+
+    def __init__(self, schedule: CosineSchedule, x0: torch.Tensor, noise: torch.Tensor):
+        super().__init__()
+        self.schedule, self.x0, self.noise = schedule, x0, noise
+
+    def forward(self, x, t, cond=None, scalars=None):
+        abar = self.schedule.alpha_bar[t].reshape(-1, 1, 1)
+        return abar.sqrt() * self.noise - (1 - abar).sqrt() * self.x0
+
+
+def test_v_prediction_recovers_x0_and_scales_the_network_error(normalizer, data):
+    schedule = CosineSchedule()
+    x0 = normalizer.normalize(data)
+    noise = torch.randn(x0.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([0, 1, 50, 99])
+    x_t = schedule.q_sample(x0, t, noise)
+    oracle = x0_denoiser(OracleVelocity(schedule, x0, noise), "v", schedule)
+    assert torch.allclose(oracle(x_t, t), x0, atol=1e-12)
+    # A network error e reaches x0_hat as sqrt(1 - abar_t) e.
+    zero = VPredictionDenoiser(FixedDenoiser(torch.zeros_like(x0)), schedule)
+    error = zero(x_t, t) - oracle(x_t, t)
+    v_error = OracleVelocity(schedule, x0, noise)(x_t, t)
+    assert torch.allclose(error, (1 - schedule.alpha_bar[t]).sqrt().reshape(-1, 1, 1) * v_error, atol=1e-12)
+    assert list(zero.state_dict()) == ["network.output"]  # the schedule is not stored
+    assert x0_denoiser(zero, "x0", schedule) is zero
+    with pytest.raises(ValueError, match="prediction"):
+        x0_denoiser(zero, "eps", schedule)
 
 
 def test_cocogen_hooks_in_the_sampler(normalizer, data):

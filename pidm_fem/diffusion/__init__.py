@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pidm_fem.diffusion.guidance import CoCoGenCorrector, PhysicsGuidedConditioning, Residual
 from pidm_fem.diffusion.losses import Functional, PIDMLoss
+from pidm_fem.diffusion.parameterization import VPredictionDenoiser, x0_denoiser
 from pidm_fem.diffusion.normalization import ChannelMap, FieldNormalizer, LinearChannelMap, LogChannelMap
 from pidm_fem.diffusion.samplers import sample
 from pidm_fem.diffusion.schedule import CosineSchedule
@@ -24,5 +25,7 @@ __all__ = [
     "PIDMLoss",
     "PhysicsGuidedConditioning",
     "Residual",
+    "VPredictionDenoiser",
     "sample",
+    "x0_denoiser",
 ]

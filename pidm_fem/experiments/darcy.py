@@ -50,6 +50,7 @@ from pidm_fem.diffusion import (
     PIDMLoss,
     Residual,
     sample,
+    x0_denoiser,
 )
 from pidm_fem.experiments.denoisers import build_denoiser
 from pidm_fem.experiments.node_fields import NodeFields
@@ -278,20 +279,23 @@ class DarcyExperiment:
     def build_model(self) -> nn.Module:
         """A freshly initialised denoiser of ``config.model``, seeded by ``training.seed``.
 
-        Physics-guided conditioning gives it one condition channel per field. The
-        global torch RNG is left as it was.
+        Physics-guided conditioning gives it one condition channel per field. With
+        ``diffusion.prediction: v`` the network predicts v and is wrapped into an x0
+        denoiser (:class:`~pidm_fem.diffusion.VPredictionDenoiser`). The global torch
+        RNG is left as it was.
         """
         n_fields = self.fields.n_channels
         cond_channels = n_fields if self.config.diffusion.method == "physics_guided" else 0
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.training.seed)
-            return build_denoiser(
+            network = build_denoiser(
                 self.config.model,
                 self.mesh,
                 n_fields,
                 cond_channels=cond_channels,
                 n_timesteps=self.config.diffusion.T,
             )
+        return x0_denoiser(network, self.config.diffusion.prediction, self.schedule)
 
     def trainer(self) -> Trainer:
         """A :class:`~pidm_fem.training.Trainer` on the training split, resuming from the run folder.

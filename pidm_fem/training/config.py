@@ -134,6 +134,7 @@ class DiffusionConfig(_Section):
     residual: Literal["strong", "weak"] = _key("strong")
     representation: Literal["nodal", "elliptic"] = _key("nodal")
     residual_gradient: Literal["all", "state"] = _key("all")
+    prediction: Literal["x0", "v"] = _key("x0")
     x0_estimation: Literal["mean", "sample"] = _key("mean")
     sample_steps: int = _key(4, _at_least(1))
     min_snr_gamma: float = _key(5.0, _above(0))
