@@ -24,13 +24,15 @@ Residual = Callable[[torch.Tensor], torch.Tensor]
 """A differentiable map from physical samples (B, C, n) to residuals (B, M)."""
 
 
-def squared_residual_gradient(residual: Residual, normalizer: FieldNormalizer, x: torch.Tensor) -> torch.Tensor:
-    """Gradient of ``sum_b ||R(denormalize(x_b))||^2 / 2`` with respect to normalised ``x``.
+def squared_residual_and_gradient(
+    residual: Residual, normalizer: FieldNormalizer, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample ``||R(denormalize(x_b))||^2`` (B,) and the gradient of half their sum.
 
     The residual is evaluated on physical values; the gradient is taken with respect
     to the network's normalised variables (the chain rule through the denormalisation
     multiplies channel c of the physical gradient by ``std_c``). Each sample's row is
-    the gradient of its own residual. The result is detached.
+    the gradient of its own residual. Both results are detached.
 
     Parameters
     ----------
@@ -46,8 +48,17 @@ def squared_residual_gradient(residual: Residual, normalizer: FieldNormalizer, x
         r = residual(normalizer.denormalize(x))
         if r.shape[0] != x.shape[0]:
             raise ValueError(f"the residual returned {r.shape[0]} rows for a batch of {x.shape[0]}")
-        (grad,) = torch.autograd.grad(0.5 * r.pow(2).sum(), x)
-    return grad.detach()
+        squared = r.pow(2).flatten(1).sum(dim=1)
+        (grad,) = torch.autograd.grad(0.5 * squared.sum(), x)
+    return squared.detach(), grad.detach()
+
+
+def squared_residual_gradient(residual: Residual, normalizer: FieldNormalizer, x: torch.Tensor) -> torch.Tensor:
+    """Gradient of ``sum_b ||R(denormalize(x_b))||^2 / 2`` with respect to normalised ``x``; detached.
+
+    See :func:`squared_residual_and_gradient`.
+    """
+    return squared_residual_and_gradient(residual, normalizer, x)[1]
 
 
 def detach_channels(x: torch.Tensor, channels: tuple[int, ...]) -> torch.Tensor:
@@ -120,11 +131,11 @@ class CoCoGenCorrector:
         """Apply ``n_times`` correction steps to normalised samples ``x`` (B, C, n); detached."""
         steps = torch.full((x.shape[0],), float(self.step_size), dtype=x.dtype, device=x.device)  # line search
         for _ in range(n_times):
-            # grad ||R||^2 is twice the gradient of ||R||^2 / 2.
-            grad = 2.0 * squared_residual_gradient(self.residual, self.normalizer, x)
+            squared, half_grad = squared_residual_and_gradient(self.residual, self.normalizer, x)
+            grad = 2.0 * half_grad  # the gradient of ||R||^2
             grad[:, list(self.frozen_channels)] = 0
             if self.line_search:
-                x, steps = self._backtrack(x.detach(), grad, steps)
+                x, steps = self._backtrack(x.detach(), squared, grad, steps)
             else:
                 x = x.detach() - self.step_size * grad
         return x.detach()
@@ -134,11 +145,10 @@ class CoCoGenCorrector:
             return self.residual(self.normalizer.denormalize(x)).pow(2).flatten(1).sum(dim=1)
 
     def _backtrack(
-        self, x: torch.Tensor, grad: torch.Tensor, steps: torch.Tensor
+        self, x: torch.Tensor, f0: torch.Tensor, grad: torch.Tensor, steps: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One Armijo step per sample; returns the new samples and the next trial steps."""
+        """One Armijo step per sample from ``f0 = ||R(x)||^2``; returns the new samples and next trial steps."""
         shape = (-1, *([1] * (x.ndim - 1)))
-        f0 = self._squared_norms(x)
         slope = grad.pow(2).flatten(1).sum(dim=1)
         accepted = torch.zeros_like(f0, dtype=torch.bool)
         new = x.clone()
