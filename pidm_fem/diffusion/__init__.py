@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pidm_fem.diffusion.guidance import CoCoGenCorrector, PhysicsGuidedConditioning, Residual
 from pidm_fem.diffusion.losses import Functional, PIDMLoss
-from pidm_fem.diffusion.parameterization import VPredictionDenoiser, x0_denoiser
 from pidm_fem.diffusion.normalization import ChannelMap, FieldNormalizer, LinearChannelMap, LogChannelMap
+from pidm_fem.diffusion.parameterization import VPredictionDenoiser, x0_denoiser
 from pidm_fem.diffusion.samplers import sample
 from pidm_fem.diffusion.schedule import CosineSchedule
 
