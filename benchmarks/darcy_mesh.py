@@ -97,6 +97,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="override the fields the network sees (nodal p, K or elliptic coordinates)")
     parser.add_argument("--prediction", choices=("x0", "v"), default=None,
                         help="override what the network predicts (x0 directly, or v: a skip-connected x0)")
+    parser.add_argument("--physics-t-fraction", type=float, default=None,
+                        help="PIDM's residual acts on the steps t < fraction * T only")
     parser.add_argument("--residual-gradient", choices=("all", "state"), default=None,
                         help="differentiate PIDM's residual with respect to all fields or the pressure only")
     parser.add_argument("--cocogen-gradient", choices=("all", "state"), default=COCOGEN["cocogen_gradient"],
@@ -122,6 +124,8 @@ def base_config(args: argparse.Namespace) -> dict:
         config["diffusion"]["representation"] = args.representation
     if args.prediction is not None:
         config["diffusion"]["prediction"] = args.prediction
+    if args.physics_t_fraction is not None:
+        config["diffusion"]["physics_t_fraction"] = args.physics_t_fraction
     if args.residual_gradient is not None:
         config["diffusion"]["residual_gradient"] = args.residual_gradient
     if args.steps is not None:

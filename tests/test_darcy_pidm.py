@@ -127,7 +127,11 @@ def test_diffusion_loss_methods(experiment):
             experiment.residual,
             coefficient_channels=experiment.coefficient_channels(),
         )
-        assert pidm.frozen_channels == frozen
+        assert pidm.frozen_channels == frozen and pidm.physics_max_t is None
+    late = small_config(diffusion={"physics_t_fraction": 0.2}).diffusion  # T = 20
+    assert diffusion_loss(late, experiment.schedule, normalizer, experiment.residual).physics_max_t == 4
+    with pytest.raises(ConfigError, match="physics_t_fraction"):
+        small_config(diffusion={"physics_t_fraction": 0.0})
     with pytest.raises(ConfigError, match="diffusion.c_eq"):
         diffusion_loss(small_config(diffusion={"c_eq": 1.0}).diffusion, experiment.schedule, normalizer, forbidden)
 

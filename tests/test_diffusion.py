@@ -155,6 +155,26 @@ def test_residual_and_data_terms_match_hand_values(normalizer, data):
     assert torch.allclose(residual.inputs[0], x_phys)  # the physics saw physical values
 
 
+def test_physics_max_t_drops_the_noisy_samples_from_the_residual_term(normalizer, data):
+    output = torch.randn(4, C, N, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    t = torch.tensor([0, 1, 37, 99])
+    parts = [
+        PIDMLoss(CosineSchedule(), normalizer, residual=LinearResidual(), physics_max_t=max_t)(
+            FixedDenoiser(output), data, t=t
+        )[1]
+        for max_t in (None, 38)
+    ]
+    residual = LinearResidual()
+    r = residual(normalizer.denormalize(output))
+    variance = torch.tensor([hand_posterior_variance(k, 100) for k in t.tolist()], dtype=torch.float64)
+    per_sample = 1e-3 * (r**2 / (2 * variance[:, None])).mean(dim=1)
+    assert parts[0]["residual"] == pytest.approx(per_sample.mean().item(), rel=1e-10)
+    assert parts[1]["residual"] == pytest.approx(per_sample[:3].sum().item() / 4, rel=1e-10)
+    assert parts[1]["data"] == parts[0]["data"]
+    with pytest.raises(ValueError, match="physics_max_t"):
+        PIDMLoss(CosineSchedule(), normalizer, residual=residual, physics_max_t=0)
+
+
 @pytest.mark.parametrize(
     ("method", "n_steps", "eta"),
     [("ddpm", None, 0.0), ("ddim", 100, 0.0), ("ddim", 10, 0.0), ("ddim", 7, 0.5), ("ddim", 20, 1.0)],

@@ -37,8 +37,8 @@ def _rows(values: torch.Tensor, batch: int, name: str) -> torch.Tensor:
     return values.reshape(batch, -1)
 
 
-def virtual_likelihood(values: torch.Tensor, variance: torch.Tensor) -> torch.Tensor:
-    """``mean(values^2 / (2 variance))``: negative log-likelihood of observing zero.
+def virtual_likelihood(values: torch.Tensor, variance: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """``mean(weight * values^2 / (2 variance))``: negative log-likelihood of observing zero.
 
     Parameters
     ----------
@@ -46,8 +46,11 @@ def virtual_likelihood(values: torch.Tensor, variance: torch.Tensor) -> torch.Te
         Shape (B, k).
     variance
         Per-sample variance, shape (B,).
+    weight
+        Per-sample weight, shape (B,); 1 when None.
     """
-    return (values.pow(2) / (2 * variance.unsqueeze(1))).mean()
+    terms = values.pow(2) / (2 * variance.unsqueeze(1))
+    return (terms if weight is None else terms * weight.unsqueeze(1)).mean()
 
 
 @dataclass
@@ -84,6 +87,10 @@ class PIDMLoss:
         channels of x_t after the user condition fields, dropped per sample with the
         conditioning's dropout probability (one mask per batch, reused, with channels
         recomputed, at every network evaluation of the "sample" chain).
+    physics_max_t
+        The physics terms act on the samples with ``t < physics_max_t`` only (the others
+        count as zero in the batch mean); every step when None. At high noise x0_hat is
+        a posterior mean, whose residual is not zero even for an exact model.
     frozen_channels
         Channels of x0_est that the physics terms see as constants: their gradients
         reach the network through the data loss only. Freezing the coefficient fields
@@ -106,6 +113,7 @@ class PIDMLoss:
     lambda_opt: float = 1.0
     snr_gamma: float = 5.0
     conditioning: PhysicsGuidedConditioning | None = None
+    physics_max_t: int | None = None
     frozen_channels: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
@@ -117,6 +125,8 @@ class PIDMLoss:
             raise ValueError(f"x0_estimate must be one of {X0_ESTIMATES}, got {self.x0_estimate!r}")
         if not isinstance(self.sample_steps, int) or isinstance(self.sample_steps, bool) or self.sample_steps < 1:
             raise ValueError(f"sample_steps must be a positive integer, got {self.sample_steps!r}")
+        if self.physics_max_t is not None and not 1 <= self.physics_max_t <= self.schedule.T:
+            raise ValueError(f"physics_max_t must lie in [1, T = {self.schedule.T}], got {self.physics_max_t!r}")
         if self.c_residual > 0 and self.residual is None:
             raise ValueError("c_residual > 0 needs a residual callable")
 
@@ -210,12 +220,14 @@ class PIDMLoss:
             x0_est = x0_hat if self.x0_estimate == "mean" else self._sample_estimate(denoise, x_t, t, x0_hat)
             x_phys = self.normalizer.denormalize(detach_channels(x0_est, self.frozen_channels))
             variance = self.schedule.posterior_variance.to(x_phys.device)[t].to(x_phys.dtype)
+            active = None if self.physics_max_t is None else (t < self.physics_max_t).to(x_phys.dtype)
             for component, functional, weight_c, kind in terms:
                 g = _rows(functional(x_phys), batch, component)
                 if kind == "objective":
-                    term = weight_c * g.mean()
+                    term = weight_c * (g if active is None else g * active.unsqueeze(1)).mean()
                 else:
-                    term = weight_c * virtual_likelihood(g.clamp(min=0) if kind == "inequality" else g, variance)
+                    g = g.clamp(min=0) if kind == "inequality" else g
+                    term = weight_c * virtual_likelihood(g, variance, active)
                 values[component] = values[component] + term
 
         total = sum(values.values())

@@ -92,7 +92,8 @@ def diffusion_loss(
     * ``pidm``: plus ``c_residual`` times the residual term, with the x0 estimate
       ``x0_estimation`` (and ``sample_steps`` for "sample"); with
       ``residual_gradient: state`` the residual is not differentiated with respect to
-      the ``coefficient_channels``.
+      the ``coefficient_channels``; with ``physics_t_fraction`` below 1 it acts on the
+      steps ``t < physics_t_fraction * T`` only.
     * ``physics_guided``: the data loss of a denoiser that receives the residual
       gradient of x_t as C extra condition channels, dropped with probability
       ``cond_dropout`` when ``training``.
@@ -137,6 +138,7 @@ def diffusion_loss(
         sample_steps=config.sample_steps,
         snr_gamma=config.min_snr_gamma,
         conditioning=conditioning,
+        physics_max_t=None if config.physics_t_fraction == 1 else max(1, round(config.physics_t_fraction * config.T)),
         frozen_channels=coefficient_channels if config.residual_gradient == "state" else (),
     )
 

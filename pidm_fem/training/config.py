@@ -134,6 +134,7 @@ class DiffusionConfig(_Section):
     residual: Literal["strong", "weak"] = _key("strong")
     representation: Literal["nodal", "elliptic"] = _key("nodal")
     residual_gradient: Literal["all", "state"] = _key("all")
+    physics_t_fraction: float = _key(1.0, lambda v: None if 0 < v <= 1 else f"must be in (0, 1], got {v}")
     prediction: Literal["x0", "v"] = _key("x0")
     x0_estimation: Literal["mean", "sample"] = _key("mean")
     sample_steps: int = _key(4, _at_least(1))
