@@ -88,6 +88,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: outputs/darcy_mesh_<mode>)")
     parser.add_argument("--device", default="cpu", help="device of the network (the FEM stays on the CPU)")
     parser.add_argument("--steps", type=int, default=None, help="override the mode's training steps")
+    parser.add_argument("--width", type=int, default=None, help="override the denoiser's width")
     parser.add_argument("--n-samples", type=int, default=None, help="override the number of generated samples")
     parser.add_argument("--no-sample-estimation", action="store_true", help="skip PIDM with 'sample' estimation")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
@@ -118,6 +119,8 @@ def base_config(args: argparse.Namespace) -> dict:
     """The mode's configuration sections with the command-line overrides."""
     config = {section: dict(values) for section, values in MODES[args.mode]["config"].items()}
     config["training"]["device"] = args.device
+    if args.width is not None:
+        config["model"]["width"] = args.width
     if args.c_residual is not None:
         config["diffusion"]["c_residual"] = args.c_residual
     if args.representation is not None:
