@@ -115,22 +115,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+#: command-line options that override one configuration key each: option -> (section, key)
+OVERRIDES = {
+    "width": ("model", "width"),
+    "c_residual": ("diffusion", "c_residual"),
+    "representation": ("diffusion", "representation"),
+    "prediction": ("diffusion", "prediction"),
+    "physics_t_fraction": ("diffusion", "physics_t_fraction"),
+    "residual_gradient": ("diffusion", "residual_gradient"),
+}
+
+
 def base_config(args: argparse.Namespace) -> dict:
     """The mode's configuration sections with the command-line overrides."""
     config = {section: dict(values) for section, values in MODES[args.mode]["config"].items()}
     config["training"]["device"] = args.device
-    if args.width is not None:
-        config["model"]["width"] = args.width
-    if args.c_residual is not None:
-        config["diffusion"]["c_residual"] = args.c_residual
-    if args.representation is not None:
-        config["diffusion"]["representation"] = args.representation
-    if args.prediction is not None:
-        config["diffusion"]["prediction"] = args.prediction
-    if args.physics_t_fraction is not None:
-        config["diffusion"]["physics_t_fraction"] = args.physics_t_fraction
-    if args.residual_gradient is not None:
-        config["diffusion"]["residual_gradient"] = args.residual_gradient
+    for option, (section, key) in OVERRIDES.items():
+        if getattr(args, option) is not None:
+            config[section][key] = getattr(args, option)
     if args.steps is not None:
         config["training"]["steps"] = args.steps
         config["training"]["ema_start"] = min(config["training"]["ema_start"], args.steps // 2)
