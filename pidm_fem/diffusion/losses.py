@@ -11,7 +11,9 @@ units, asks the denoiser for x0_hat and adds
 
 where sigma_t^2 is the schedule's posterior variance of each sample's t and x0_est
 (in physical units) is the network output ("mean") or the end of a differentiable
-DDIM chain from x_t ("sample"). The physics only ever sees physical values.
+DDIM chain from x_t ("sample"). The physics only ever sees physical values; it may be
+restricted to low noise (``physics_max_t``) and kept from differentiating chosen
+channels (``frozen_channels``: the coefficient fields of a PDE).
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ def _rows(values: torch.Tensor, batch: int, name: str) -> torch.Tensor:
     return values.reshape(batch, -1)
 
 
-def virtual_likelihood(values: torch.Tensor, variance: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+def virtual_likelihood(
+    values: torch.Tensor, variance: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """``mean(weight * values^2 / (2 variance))``: negative log-likelihood of observing zero.
 
     Parameters
