@@ -35,6 +35,7 @@ MODES = {
     "quick": {
         "mesh": "unit_square_r1.msh",
         "n_samples": 64,
+        "cocogen_after": 200,
         "config": {
             "data": {"n_train": 256, "n_val": 32, "n_test": 64, "seed": 0},
             "model": {"kind": "mesh", "width": 16},
@@ -47,6 +48,7 @@ MODES = {
     "default": {
         "mesh": "unit_square.msh",
         "n_samples": 128,
+        "cocogen_after": 400,
         "config": {
             "data": {"n_train": 1000, "n_val": 64, "n_test": 128, "seed": 0},
             "model": {"kind": "mesh", "width": 16},
@@ -59,6 +61,7 @@ MODES = {
     "full": {
         "mesh": "unit_square.msh",
         "n_samples": 256,
+        "cocogen_after": 400,
         "config": {
             "data": {"n_train": 10000, "n_val": 256, "n_test": 256, "seed": 0},
             "model": {"kind": "unet", "width": 64},
@@ -72,9 +75,9 @@ MODES = {
 #: CoCoGen: residual-gradient steps during the last N denoising steps and M after sampling, each
 #: with a per-sample Armijo line search from the given step (a fixed step that is safe for the
 #: strong-form residual's h^-4 curvature barely moves the samples: 1e-7 lowered DDPM's residual by 16%),
-#: changing the pressure only (K is the sample's coefficient; the corrections solve for its state)
-COCOGEN = {"cocogen_during": 5, "cocogen_after": 200, "cocogen_step": 1e-3, "cocogen_line_search": True,
-           "cocogen_gradient": "state"}
+#: changing the pressure only (K is the sample's coefficient; the corrections solve for its state);
+#: the number of steps after sampling is the mode's "cocogen_after"
+COCOGEN = {"cocogen_during": 5, "cocogen_step": 1e-3, "cocogen_line_search": True, "cocogen_gradient": "state"}
 METHODS = ("ddpm", "pidm_mean", "pidm_sample", "physics_guided", "cocogen", "pidm_cocogen")
 
 
@@ -106,8 +109,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="CoCoGen corrections change all fields or the pressure only")
     parser.add_argument("--cocogen-step", type=float, default=COCOGEN["cocogen_step"],
                         help="first trial step of the CoCoGen line search (normalised units)")
-    parser.add_argument("--cocogen-after", type=int, default=COCOGEN["cocogen_after"],
-                        help="CoCoGen correction steps after sampling")
+    parser.add_argument("--cocogen-after", type=int, default=None,
+                        help="CoCoGen correction steps after sampling (default: the mode's, 200 quick, 400 otherwise)")
     parser.add_argument("--workers", type=int, default=1, help="processes generating the dataset")
     parser.add_argument("--train-only", action="store_true",
                         help="train the methods and stop (train subsets in parallel processes with one --out; "
@@ -221,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
               f"run again without --train-only to sample and evaluate")
         return 0
     n_samples = args.n_samples or mode["n_samples"]
-    cocogen = {**COCOGEN, "cocogen_step": args.cocogen_step, "cocogen_after": args.cocogen_after,
+    cocogen_after = mode["cocogen_after"] if args.cocogen_after is None else args.cocogen_after
+    cocogen = {**COCOGEN, "cocogen_step": args.cocogen_step, "cocogen_after": cocogen_after,
                "cocogen_gradient": args.cocogen_gradient}
     runs, experiment = train_and_sample(base_config(args), methods, mesh_path, out, n_samples, cocogen,
                                         args.workers, progress=True)
