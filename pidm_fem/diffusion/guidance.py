@@ -24,6 +24,14 @@ Residual = Callable[[torch.Tensor], torch.Tensor]
 """A differentiable map from physical samples (B, C, n) to residuals (B, M)."""
 
 
+def squared_residual_norms(residual: Residual, normalizer: FieldNormalizer, x: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``||R(denormalize(x_b))||^2`` (B,) of normalised samples ``x`` (B, C, n); differentiable."""
+    r = residual(normalizer.denormalize(x))
+    if r.shape[0] != x.shape[0]:
+        raise ValueError(f"the residual returned {r.shape[0]} rows for a batch of {x.shape[0]}")
+    return r.pow(2).flatten(1).sum(dim=1)
+
+
 def squared_residual_and_gradient(
     residual: Residual, normalizer: FieldNormalizer, x: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,10 +53,7 @@ def squared_residual_and_gradient(
     """
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
-        r = residual(normalizer.denormalize(x))
-        if r.shape[0] != x.shape[0]:
-            raise ValueError(f"the residual returned {r.shape[0]} rows for a batch of {x.shape[0]}")
-        squared = r.pow(2).flatten(1).sum(dim=1)
+        squared = squared_residual_norms(residual, normalizer, x)
         (grad,) = torch.autograd.grad(0.5 * squared.sum(), x)
     return squared.detach(), grad.detach()
 
@@ -140,10 +145,6 @@ class CoCoGenCorrector:
                 x = x.detach() - self.step_size * grad
         return x.detach()
 
-    def _squared_norms(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.residual(self.normalizer.denormalize(x)).pow(2).flatten(1).sum(dim=1)
-
     def _backtrack(
         self, x: torch.Tensor, f0: torch.Tensor, grad: torch.Tensor, steps: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,7 +155,8 @@ class CoCoGenCorrector:
         new = x.clone()
         for _ in range(40):
             trial = x - steps.reshape(shape) * grad
-            f = self._squared_norms(trial)
+            with torch.no_grad():
+                f = squared_residual_norms(self.residual, self.normalizer, trial)
             ok = ~accepted & torch.isfinite(f) & (f <= f0 - 1e-4 * steps * slope)
             new[ok] = trial[ok]
             accepted |= ok
