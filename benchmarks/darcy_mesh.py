@@ -5,7 +5,8 @@ dataset, trains DDPM, PIDM ("mean" and, unless --no-sample-estimation, "sample")
 and physics-guided conditioning with the same seed, model, optimiser and steps,
 samples each (CoCoGen corrections reuse the DDPM model), and evaluates physics
 (mean |r| of the strong-form residual, against the data's own floor and the
-trivial field p = 0), fidelity (per-field statistics, energy and sliced
+trivial field p = 0; the relative L2 error of p against the pressure solved for
+the sample's own K), fidelity (per-field statistics, energy and sliced
 Wasserstein distances to the test set, with the test-vs-train floor) and cost.
 Writes results.json, results.md, figures (PNG) and fields (PVD/VTU) to --out.
 
@@ -242,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = evaluate_methods(
         nodes, float64_nodes(splits.test), float64_nodes(splits.train),
         residual, weights=experiment.problem.lumped_mass(), channel_names=("p", "K"),
+        state_solver=experiment.solve_state,
     )
     for m in methods:
         summary["methods"][m]["cost"] = {"train_seconds_per_step": runs[m]["seconds_per_step"],

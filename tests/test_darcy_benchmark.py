@@ -36,6 +36,7 @@ def test_smoke_run_writes_every_output(tmp_path):
     for method, entry in results["methods"].items():
         assert entry["residual"]["mean"] > 0 and entry["residual"]["median"] > 0, method
         assert entry["trivial_residual"]["mean"] > 0, method
+        assert entry["state_error"]["mean"] > 0 and len(entry["state_error"]["per_sample"]) == 4, method
         fidelity = entry["fidelity"]
         assert fidelity["energy_distance"] >= 0 and fidelity["sliced_wasserstein"] >= 0, method
         for field in ("p", "K"):
@@ -44,5 +45,6 @@ def test_smoke_run_writes_every_output(tmp_path):
         assert entry["cost"]["train_seconds_per_step"] > 0 and entry["cost"]["sample_seconds_per_sample"] > 0
         assert entry["ratios"]["residual_to_baseline"] is not None, method
     assert results["data"]["residual"]["mean"] < 1e-8  # the data solve the discrete problem exactly
+    assert results["data"]["state_error"]["mean"] < 1e-10 and results["trivial"]["state_error"]["mean"] == 1.0
     table = (report / "results.md").read_text()
     assert all(f"| {method} |" in table for method in METHODS)

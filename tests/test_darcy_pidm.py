@@ -63,6 +63,22 @@ def test_node_fields_reshape_rows_and_keep_the_physics(experiment):
         fields.to_rows(x[:, :1])
 
 
+def test_solve_state_recovers_the_data_pressure_and_flags_a_non_positive_k(experiment):
+    x = experiment.fields.to_nodes(torch.from_numpy(experiment.dataset().train))
+    p = x[:, 0]
+    solved = experiment.solve_state(x)
+    assert solved.dtype == torch.float64 and solved.shape == p.shape
+    assert float((solved - p).abs().max()) < 1e-10 * float(p.abs().max())
+    # another sample's permeability gives another pressure; a doubled K halves it
+    other = torch.stack([x[:, 0], x.roll(1, dims=0)[:, 1]], dim=1)
+    assert float((experiment.solve_state(other) - p).abs().max()) > 0.05 * float(p.abs().max())
+    torch.testing.assert_close(experiment.solve_state(x * torch.tensor([1.0, 2.0], dtype=torch.float64)[:, None]), 0.5 * p)
+    bad = x.clone()
+    bad[1, 1, 0] = -1.0
+    solved = experiment.solve_state(bad)
+    assert torch.isnan(solved[1]).all() and torch.isfinite(solved[[0, 2, 3]]).all()
+
+
 def test_node_fields_refuse_other_layouts(experiment):
     p1 = experiment.problem.V
     p2 = DarcyProblem(p1.mesh(), degree=2).V

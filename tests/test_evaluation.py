@@ -22,6 +22,7 @@ from pidm_fem.evaluation import (
     field_statistics,
     markdown_table,
     mean_abs_residual,
+    relative_state_error,
     residual_summary,
     sliced_wasserstein,
     zero_channel,
@@ -152,6 +153,51 @@ def test_trivial_field_entry_and_ratios(results, data, linear_residual, weights)
     )
 
 
+@pytest.fixture(scope="module")
+def linear_problem():
+    """A solvable stand-in: residual ``A p + B K - f`` and its state solver ``p = A^-1 (f - B K)``."""
+    g = torch.Generator().manual_seed(2)
+    A = torch.randn(N, N, generator=g, dtype=torch.float64) + N * torch.eye(N, dtype=torch.float64)
+    B = torch.randn(N, N, generator=g, dtype=torch.float64)
+    f = torch.randn(N, generator=g, dtype=torch.float64)
+
+    def residual(x: torch.Tensor) -> torch.Tensor:
+        return x[:, 0] @ A.T + x[:, 1] @ B.T - f
+
+    def solve(x: torch.Tensor) -> torch.Tensor:
+        return torch.linalg.solve(A, (f - x[:, 1] @ B.T).T).T
+
+    return residual, solve
+
+
+def test_state_error_is_zero_for_solutions_one_for_zero_and_measures_a_scaling(data, weights, linear_problem):
+    residual, solve = linear_problem
+    K = data["test"][:, 1]
+    solved = torch.stack([solve(data["test"]), K], dim=1)
+    np.testing.assert_allclose(relative_state_error(solve, solved, 0, weights), 0.0, atol=1e-13)
+    np.testing.assert_allclose(relative_state_error(solve, zero_channel(solved, 0), 0, weights), 1.0, rtol=1e-14)
+    scaled = solved * torch.tensor([1.1, 1.0], dtype=torch.float64)[:, None]
+    np.testing.assert_allclose(relative_state_error(solve, scaled, 0, weights, batch_size=5), 0.1, rtol=1e-12)
+    results = evaluate_methods(
+        {"ddpm": scaled}, solved, data["train"], residual, weights, channel_names=["p", "K"], state_solver=solve
+    )
+    assert results["data"]["state_error"]["mean"] < 1e-13
+    assert results["trivial"]["state_error"]["mean"] == pytest.approx(1.0, rel=1e-14)
+    assert results["methods"]["ddpm"]["state_error"]["median"] == pytest.approx(0.1, rel=1e-12)
+    header, _, data_row, trivial_row, ddpm_row = markdown_table(results).strip().splitlines()
+    assert "p rel. error to solve" in header
+    assert trivial_row.split("|")[6].strip() == "1" and ddpm_row.split("|")[6].strip() == "0.1"
+
+
+def test_state_error_rejects_a_solver_of_the_wrong_shape_or_a_zero_state(data):
+    with pytest.raises(ValueError, match="one value per node"):
+        relative_state_error(lambda x: x[:, 0, :-1], data["test"])
+    with pytest.raises(ValueError, match="identically zero"):
+        relative_state_error(lambda x: torch.zeros_like(x[:, 0]), data["test"])
+    with pytest.raises(ValueError, match="state channel 2 is out of range"):
+        relative_state_error(lambda x: x[:, 0], data["test"], state_channel=2)
+
+
 def test_results_are_strict_json(results):
     text = json.dumps(results, allow_nan=False)
     assert json.loads(text)["settings"]["channel_names"] == ["p", "K"]
@@ -200,7 +246,8 @@ def test_markdown_table_has_the_references_and_one_row_per_method(results):
     assert rows[0].startswith("| data (test") and rows[1].startswith("| trivial p = 0")
     for name, row in zip(results["methods"], rows[2:]):
         assert row.startswith(f"| {name} |")
-    assert "r / ddpm" in lines[0] and "K within-std / test" in lines[0]
+    assert "r / ddpm" in lines[0] and "K within-std / test" in lines[0] and "error to solve" not in lines[0]
+    assert results["methods"]["ddpm"]["state_error"] is None
 
 
 def test_without_the_baseline_its_ratios_are_none(data, linear_residual):

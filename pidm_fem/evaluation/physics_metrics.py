@@ -1,10 +1,18 @@
-"""Physics metrics: the per-sample mean absolute residual and its summary over samples.
+"""Physics metrics: the per-sample mean absolute residual, the state error, and their summary over samples.
 
 The residual is a callable on physical samples (B, C, n) returning the
 strong-form-equivalent nodal residual (B, n) (for Darcy ``r = M_L^{-1} R``, an
 approximation of ``-div(K grad p) - f`` at the nodes). The per-sample value is the
 domain mean of ``|r|``: area-weighted with integration weights when they are given,
 the plain mean over nodes otherwise.
+
+The state error compares a sample's state field (for Darcy, the pressure) with the
+state that a solver computes from the sample's own coefficient fields (the pressure
+solved for the generated K): ``||p - S(K)|| / ||S(K)||`` in the (weighted) L2 norm.
+Where the residual weighs the finest scales most (it takes second derivatives), the
+state error weighs the coarse ones: it is 0 for samples that obey the equation, 1 for
+the trivial field p = 0, and about sqrt(2) for a pressure that belongs to another
+sample's permeability (no coupling learned at all).
 """
 
 from __future__ import annotations
@@ -18,6 +26,9 @@ from pidm_fem.evaluation.samples import as_samples, normalized_weights
 
 NodalResidual = Callable[[torch.Tensor], torch.Tensor]
 """A map from physical samples (B, C, n) to nodal residuals (B, n)."""
+
+StateSolver = Callable[[torch.Tensor], torch.Tensor]
+"""A map from physical samples (B, C, n) to the state solved for their coefficient fields (B, n)."""
 
 
 def mean_abs_residual(
@@ -63,13 +74,72 @@ def mean_abs_residual(
     return torch.cat(values).numpy()
 
 
+def relative_state_error(
+    solve_state: StateSolver,
+    samples: torch.Tensor | np.ndarray,
+    state_channel: int = 0,
+    weights: torch.Tensor | np.ndarray | None = None,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """Per-sample relative L2 distance of the state field to the state solved from the sample's coefficients.
+
+    Parameters
+    ----------
+    solve_state
+        Solver of physical samples, (B, C, n) -> (B, n): the state (in the same gauge
+        as the samples', e.g. zero mean) that the sample's coefficient fields determine,
+        NaN for a sample without one (its error is then NaN); called on float64 CPU
+        batches of at most ``batch_size`` samples.
+    samples
+        Physical samples (B, C, n).
+    state_channel
+        Channel of the state field.
+    weights
+        Integration weights of the n nodes, for the area-weighted L2 norm; ``None``
+        for the plain Euclidean norm over nodes.
+    batch_size
+        Largest batch handed to ``solve_state`` at once.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape (B,): ``||x_state - S(x)||_w / ||S(x)||_w`` for each sample.
+
+    Raises
+    ------
+    ValueError
+        If the solver returns the wrong shape or a solved state is zero.
+    """
+    x = as_samples(samples)
+    if not 0 <= state_channel < x.shape[1]:
+        raise ValueError(f"state channel {state_channel} is out of range for samples with {x.shape[1]} channels")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    w = normalized_weights(weights, x.shape[2])
+    values = []
+    with torch.no_grad():
+        for batch in x.split(batch_size):
+            solved = torch.as_tensor(solve_state(batch)).detach().to(device="cpu", dtype=torch.float64)
+            if solved.shape != (batch.shape[0], x.shape[2]):
+                raise ValueError(
+                    f"the state solver must return one value per node, shape {(batch.shape[0], x.shape[2])}, "
+                    f"got {tuple(solved.shape)}"
+                )
+            reference = (solved.pow(2) * w).sum(dim=1).sqrt()
+            if bool((reference == 0).any()):
+                raise ValueError("a solved state is identically zero: its relative error is undefined")
+            error = ((batch[:, state_channel] - solved).pow(2) * w).sum(dim=1).sqrt()
+            values.append(error / reference)
+    return torch.cat(values).numpy()
+
+
 def residual_summary(per_sample: np.ndarray) -> dict[str, float | int | list[float]]:
-    """Mean and median over samples of per-sample residual values, JSON-serialisable.
+    """Mean and median over samples of per-sample values (residuals, state errors), JSON-serialisable.
 
     Parameters
     ----------
     per_sample
-        One value per sample, e.g. from :func:`mean_abs_residual`.
+        One value per sample, e.g. from :func:`mean_abs_residual` or :func:`relative_state_error`.
 
     Returns
     -------

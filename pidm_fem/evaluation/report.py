@@ -4,13 +4,17 @@
 for the trivial field (one channel, e.g. the pressure, set to zero in the test
 samples) and for every method, the same entry::
 
-    {"residual": ..., "trivial_residual": ..., "fidelity": ..., "ratios": ...}
+    {"residual": ..., "trivial_residual": ..., "state_error": ..., "fidelity": ..., "ratios": ...}
 
 - ``residual``: per-sample domain mean of |r| summarised over samples
   (:func:`~pidm_fem.evaluation.physics_metrics.residual_summary`);
 - ``trivial_residual``: the same for the entry's samples with the trivial channel
   set to zero (for a method: p = 0 with its own generated K, what collapsing the
   pressure reaches without solving anything);
+- ``state_error``: when a state solver is given, the per-sample relative L2 distance of
+  the trivial channel (the state, e.g. the pressure) to the state solved from the
+  sample's coefficient fields, summarised over samples
+  (:func:`~pidm_fem.evaluation.physics_metrics.relative_state_error`); ``None`` otherwise;
 - ``fidelity``: :func:`~pidm_fem.evaluation.distribution.fidelity_metrics` against
   the test set. For the ``"data"`` entry it is the TRAIN set against the test set:
   the floor of the distances, what a perfect model reaches with finitely many samples;
@@ -28,7 +32,14 @@ import numpy as np
 import torch
 
 from pidm_fem.evaluation.distribution import fidelity_metrics
-from pidm_fem.evaluation.physics_metrics import NodalResidual, mean_abs_residual, residual_summary, zero_channel
+from pidm_fem.evaluation.physics_metrics import (
+    NodalResidual,
+    StateSolver,
+    mean_abs_residual,
+    relative_state_error,
+    residual_summary,
+    zero_channel,
+)
 from pidm_fem.evaluation.samples import as_samples
 
 DISTANCES = ("energy_distance", "sliced_wasserstein")
@@ -63,6 +74,7 @@ def evaluate_methods(
     weights: torch.Tensor | np.ndarray | None = None,
     channel_names: Sequence[str] | None = None,
     trivial_channel: int = 0,
+    state_solver: StateSolver | None = None,
     baseline: str = "ddpm",
     n_projections: int = 128,
     seed: int = 0,
@@ -88,7 +100,12 @@ def evaluate_methods(
     channel_names
         One name per channel, e.g. ``["p", "K"]`` (default ``"c0"``, ``"c1"``, ...).
     trivial_channel
-        Channel set to zero for the trivial field (the pressure for Darcy).
+        The state channel (the pressure for Darcy): set to zero for the trivial field,
+        and compared with the solved state.
+    state_solver
+        Solver of physical samples, (B, C, n) -> (B, n): the state that their
+        coefficient fields determine, in the samples' gauge; the ``state_error`` entries
+        are ``None`` without it.
     baseline
         Method the ``*_to_baseline`` ratios divide by, when ``generated`` has it.
     n_projections, seed
@@ -120,6 +137,9 @@ def evaluate_methods(
             "residual": residual_summary(mean_abs_residual(residual, samples, weights, batch_size)),
             "trivial_residual": residual_summary(
                 mean_abs_residual(residual, zero_channel(samples, trivial_channel), weights, batch_size)
+            ),
+            "state_error": None if state_solver is None else residual_summary(
+                relative_state_error(state_solver, samples, trivial_channel, weights, batch_size)
             ),
             "fidelity": fidelity_metrics(compared, test, weights, channel_names, n_projections, seed),
         }
@@ -154,7 +174,9 @@ def markdown_table(results: Mapping) -> str:
     """A Markdown table of :func:`evaluate_methods` results: the two references, then one row per method.
 
     Columns: mean and median of the per-sample mean |r|, the mean over the
-    baseline's and over the trivial field's, the within-sample standard deviation
+    baseline's and over the trivial field's, the mean relative error of the state
+    against the state solved from the sample's coefficients (when evaluated), the
+    within-sample standard deviation
     of each field over the test set's, and both distances with their ratio to the
     baseline's. The ``data`` row's fidelity columns compare the train set with the
     test set (the floor).
@@ -163,8 +185,10 @@ def markdown_table(results: Mapping) -> str:
     names = settings["channel_names"]
     baseline = settings["baseline"] or "baseline"
     trivial_name = names[settings["trivial_channel"]]
+    with_state = results["data"].get("state_error") is not None
     header = (
         ["", "mean abs r", "median abs r", f"r / {baseline}", "r / trivial"]
+        + ([f"{trivial_name} rel. error to solve"] if with_state else [])
         + [f"{name} within-std / test" for name in names]
         + ["energy dist.", f"ED / {baseline}", "sliced W2", f"SW2 / {baseline}"]
     )
@@ -181,6 +205,7 @@ def markdown_table(results: Mapping) -> str:
             entry["residual"]["median"],
             ratios["residual_to_baseline"],
             ratios["residual_to_trivial"],
+            *([entry["state_error"]["mean"]] if with_state else []),
             *(ratios["within_std_to_test"][name] for name in names),
             fidelity["energy_distance"],
             ratios["energy_distance_to_baseline"],

@@ -222,6 +222,27 @@ class DarcyExperiment:
         """Darcy residual of physical fields (B, 2, n), per ``diffusion.residual``: (B, n), differentiable."""
         return self._rows_residual(self.fields.to_rows(x))
 
+    def solve_state(self, x: torch.Tensor) -> torch.Tensor:
+        """The pressure solved for each sample's own permeability (the coupling the data obey).
+
+        Parameters
+        ----------
+        x
+            Physical fields (B, 2, n).
+
+        Returns
+        -------
+        torch.Tensor
+            (B, n) float64 pressures with zero mean (the samples' gauge); NaN for a
+            sample whose K is not finite and positive.
+        """
+        permeability = x[:, self.fields.channel("K")].detach().cpu().double().numpy()
+        solved = np.full(permeability.shape, np.nan)
+        for i, K in enumerate(permeability):
+            if np.all(np.isfinite(K)) and K.min() > 0:
+                solved[i] = self.problem.solve(K).dat.data_ro
+        return torch.from_numpy(solved)
+
     @property
     def n_rows(self) -> int:
         """Rows of the sample file: training, validation and test samples together."""
