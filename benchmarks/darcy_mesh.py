@@ -2,8 +2,8 @@
 
 On the embedded default mesh (or --mesh PATH): generates (or reuses) the Darcy
 dataset, trains DDPM, PIDM ("mean" and, unless --no-sample-estimation, "sample")
-and physics-guided conditioning with the same seed, model, optimiser and steps,
-samples each (CoCoGen corrections reuse the DDPM model), and evaluates physics
+and physics-guided conditioning with the same seed, model, optimiser and steps
+(side by side in --jobs processes, one per core by default), samples each (CoCoGen corrections reuse the DDPM model), and evaluates physics
 (mean |r| of the strong-form residual, against the data's own floor and the
 trivial field p = 0; the relative L2 error of p against the pressure solved for
 the sample's own K), fidelity (per-field statistics, energy and sliced
@@ -113,9 +113,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cocogen-after", type=int, default=None,
                         help="CoCoGen correction steps after sampling (default: the mode's, 200 quick, 400 otherwise)")
     parser.add_argument("--workers", type=int, default=1, help="processes generating the dataset")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="processes training the methods side by side (default: one per available core, "
+                             "at most one per trained method)")
     parser.add_argument("--train-only", action="store_true",
-                        help="train the methods and stop (train subsets in parallel processes with one --out; "
-                             "a later run without it resumes the finished runs, samples and evaluates)")
+                        help="train the methods and stop (a later run without it resumes the finished runs, "
+                             "samples and evaluates)")
     return parser.parse_args(argv)
 
 
@@ -198,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
-    from darcy_methods import CORRECTED, TRAINED, train_all, train_and_sample
+    from darcy_methods import CORRECTED, TRAINED, train_all, train_and_sample, train_in_parallel
     from pidm_fem.atomic_files import atomic_directory, write_json
     from pidm_fem.evaluation import evaluate_methods, markdown_table
     from pidm_fem.mesh import MeshError, load_mesh
@@ -219,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"darcy_mesh: error: --methods: {method} samples the {trained} model, so it needs {trained}",
                   file=sys.stderr)
             return 2
+    jobs = len(os.sched_getaffinity(0)) if args.jobs is None else args.jobs
+    if jobs < 1:
+        print(f"darcy_mesh: error: --jobs must be at least 1, got {jobs}", file=sys.stderr)
+        return 2
+    train_in_parallel(base_config(args), methods, mesh_path, out, args.workers, jobs, progress=True)
     if args.train_only:
         train_all(base_config(args), methods, mesh_path, out, args.workers, progress=True)
         print(f"trained {', '.join(m for m in methods if m in TRAINED)} in {out / 'runs'}; "

@@ -5,7 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
 METHODS = ("ddpm", "pidm_mean", "pidm_sample", "physics_guided", "cocogen", "pidm_cocogen")
 
 
@@ -22,7 +25,7 @@ def test_smoke_run_writes_every_output(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not (out / "report").exists() and (out / "runs" / "ddpm" / "last.pt").is_file()
     trained = (out / "runs" / "ddpm" / "last.pt").stat().st_mtime_ns
-    proc = run_benchmark(*common, "--n-samples", "4")
+    proc = run_benchmark(*common, "--n-samples", "4", "--jobs", "2")  # the other methods in two processes
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "runs" / "ddpm" / "last.pt").stat().st_mtime_ns == trained
     report = out / "report"
@@ -48,3 +51,20 @@ def test_smoke_run_writes_every_output(tmp_path):
     assert results["data"]["state_error"]["mean"] < 1e-10 and results["trivial"]["state_error"]["mean"] == 1.0
     table = (report / "results.md").read_text()
     assert all(f"| {method} |" in table for method in METHODS)
+
+
+def test_balanced_groups_split_the_trained_methods_by_cost():
+    from darcy_methods import balanced_groups
+
+    methods = ["ddpm", "pidm_mean", "pidm_sample", "physics_guided", "cocogen"]
+    assert balanced_groups(methods, 1) == [["pidm_sample", "pidm_mean", "physics_guided", "ddpm"]]
+    assert balanced_groups(methods, 2) == [["pidm_sample", "ddpm"], ["pidm_mean", "physics_guided"]]
+    assert sorted(map(len, balanced_groups(methods, 8))) == [1, 1, 1, 1]  # no empty group, sampled-only left out
+    with pytest.raises(ValueError, match="jobs must be at least 1"):
+        balanced_groups(methods, 0)
+
+
+def test_bad_jobs_is_a_one_line_error(tmp_path):
+    proc = run_benchmark("--quick", "--jobs", "0", "--out", str(tmp_path / "bench"))
+    assert proc.returncode == 2 and proc.stderr.strip() == "darcy_mesh: error: --jobs must be at least 1, got 0"
+    assert not (tmp_path / "bench").exists()

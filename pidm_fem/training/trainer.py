@@ -467,7 +467,11 @@ class Trainer:
         val_components = None
         window = _Window()
         with open(self.run_dir / LOG, "a") as log, tqdm(
-            total=settings.steps, initial=first_step, desc="train", disable=not self.progress, dynamic_ncols=True
+            total=settings.steps,
+            initial=first_step,
+            desc=f"train {self.run_dir.name}",
+            disable=not self.progress,
+            dynamic_ncols=True,
         ) as bar:
             for step in range(first_step + 1, settings.steps + 1):
                 tick = time.perf_counter()
