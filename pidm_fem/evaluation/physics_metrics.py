@@ -10,9 +10,9 @@ The state error compares a sample's state field (for Darcy, the pressure) with t
 state that a solver computes from the sample's own coefficient fields (the pressure
 solved for the generated K): ``||p - S(K)|| / ||S(K)||`` in the (weighted) L2 norm.
 Where the residual weighs the finest scales most (it takes second derivatives), the
-state error weighs the coarse ones: it is 0 for samples that obey the equation, 1 for
-the trivial field p = 0, and about sqrt(2) for a pressure that belongs to another
-sample's permeability (no coupling learned at all).
+state error weighs the coarse ones: it is 0 for samples that obey the equation and 1
+for the trivial field p = 0; a pressure paired with another sample's permeability
+scores what the pressures' shared shape allows (0.54 for the Darcy test sets).
 """
 
 from __future__ import annotations
