@@ -194,16 +194,46 @@ def write_figures(experiment, samples: dict, residuals: dict, summary: dict, log
     plot_training_curves(logs, folder / "training_curves.png")
 
 
+def evaluate_runs(experiment, runs: dict) -> tuple[dict, dict]:
+    """Metrics of every method's samples against the experiment's test and train splits.
+
+    Returns
+    -------
+    summary : dict
+        :func:`~pidm_fem.evaluation.evaluate_methods` results, with each method's cost.
+    residuals : dict
+        ``{method: nodal residual (n_samples, n)}`` of the samples.
+    """
+    import torch
+
+    from pidm_fem.evaluation import evaluate_methods
+
+    def float64_nodes(rows: np.ndarray) -> torch.Tensor:  # the physics is evaluated in float64
+        return experiment.fields.to_nodes(torch.as_tensor(rows, dtype=torch.float64))
+
+    splits = experiment.dataset()
+    nodes = {method: float64_nodes(run["rows"]) for method, run in runs.items()}
+    summary = evaluate_methods(
+        nodes, float64_nodes(splits.test), float64_nodes(splits.train), experiment.residual,
+        weights=experiment.problem.lumped_mass(), channel_names=experiment.fields.names,
+        state_solver=experiment.solve_state,
+    )
+    for method, run in runs.items():
+        summary["methods"][method]["cost"] = {"train_seconds_per_step": run["seconds_per_step"],
+                                              "sample_seconds_per_sample": run["sample_seconds_per_sample"]}
+    with torch.no_grad():
+        residuals = {method: experiment.residual(x).numpy() for method, x in nodes.items()}
+    return summary, residuals
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # Firedrake hands sys.argv to PETSc: do not report this script's own options as unused PETSc options.
     os.environ.setdefault("PETSC_OPTIONS", "-options_left no")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import torch
-
     from darcy_methods import CORRECTED, TRAINED, train_all, train_and_sample, train_in_parallel
     from pidm_fem.atomic_files import atomic_directory, write_json
-    from pidm_fem.evaluation import evaluate_methods, markdown_table
+    from pidm_fem.evaluation import markdown_table
     from pidm_fem.mesh import MeshError, load_mesh
     from pidm_fem.mesh.builtin import MESH_DIR
 
@@ -238,30 +268,12 @@ def main(argv: list[str] | None = None) -> int:
                "cocogen_gradient": args.cocogen_gradient}
     runs, experiment = train_and_sample(base_config(args), methods, mesh_path, out, n_samples, cocogen,
                                         args.workers, progress=True)
-    splits = experiment.dataset()
-    samples = {m: runs[m]["rows"] for m in methods}
-    def float64_nodes(rows: np.ndarray) -> torch.Tensor:  # the physics is evaluated in float64
-        return experiment.fields.to_nodes(torch.as_tensor(rows, dtype=torch.float64))
-
-    nodes = {m: float64_nodes(rows) for m, rows in samples.items()}
-
-    def residual(x: torch.Tensor) -> torch.Tensor:
-        return experiment.residual(x)
-
-    summary = evaluate_methods(
-        nodes, float64_nodes(splits.test), float64_nodes(splits.train),
-        residual, weights=experiment.problem.lumped_mass(), channel_names=("p", "K"),
-        state_solver=experiment.solve_state,
-    )
-    for m in methods:
-        summary["methods"][m]["cost"] = {"train_seconds_per_step": runs[m]["seconds_per_step"],
-                                         "sample_seconds_per_sample": runs[m]["sample_seconds_per_sample"]}
-    with torch.no_grad():
-        residuals = {m: residual(nodes[m]).numpy() for m in methods}
+    summary, residuals = evaluate_runs(experiment, {m: runs[m] for m in methods})
     summary["run"] = {"mode": args.mode, "mesh": str(mesh_path), "n_nodes": experiment.fields.n_nodes,
                       "n_samples": n_samples, "methods": methods, "config": base_config(args), "cocogen": cocogen,
                       "wall_seconds": None}
     table = markdown_table(summary)
+    samples = {m: runs[m]["rows"] for m in methods}
     with atomic_directory(out / "report") as tmp:
         (tmp / "fields").mkdir()
         write_fields(experiment, samples, residuals, tmp / "fields")
