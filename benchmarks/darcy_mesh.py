@@ -98,6 +98,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                         help="methods to compare (cocogen needs ddpm, pidm_cocogen pidm_mean)")
     parser.add_argument("--c-residual", type=float, default=None, help="override the residual weight of PIDM")
+    parser.add_argument("--field-views", action="store_const", const=True, default=None,
+                        help="the denoiser also sees the pressure beside its Laplacian (elliptic coordinates)")
     parser.add_argument("--representation", choices=("nodal", "elliptic"), default=None,
                         help="override the fields the network sees (nodal p, K or elliptic coordinates)")
     parser.add_argument("--prediction", choices=("x0", "v"), default=None,
@@ -125,6 +127,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 #: command-line options that override one configuration key each: option -> (section, key)
 OVERRIDES = {
     "width": ("model", "width"),
+    "field_views": ("model", "field_views"),
     "c_residual": ("diffusion", "c_residual"),
     "representation": ("diffusion", "representation"),
     "prediction": ("diffusion", "prediction"),

@@ -257,6 +257,23 @@ def test_elliptic_representation_round_trips_the_data_and_samples_positive_k(dat
     assert np.isfinite(rows).all() and rows[:, experiment.generator.layout.block("K")].min() > 0
 
 
+def test_field_views_show_the_network_the_pressure_under_elliptic_coordinates(data_dir, tmp_path):
+    config = small_config(model={"width": 8, "field_views": True}, diffusion={"representation": "elliptic", "T": 10},
+                          training={"steps": 2, "batch_size": 2}, sampling={"sampler": "ddim", "ddim_steps": 2})
+    experiment = DarcyExperiment(config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path, progress=False)
+    assert list(experiment.input_views()) == [experiment.fields.channel("p")]
+    experiment.train()
+    rows = experiment.sample(2)
+    assert np.isfinite(rows).all()
+    # the view is the pressure: the map G takes the Laplacian coordinates back to p (of zero mean)
+    p = experiment.fields.to_nodes(torch.as_tensor(experiment.dataset().train))[:, 0]
+    q = experiment.channel_maps()[0].forward(p)
+    torch.testing.assert_close(q @ experiment.input_views()[0].T, p, rtol=1e-8, atol=1e-12)
+    nodal = dataclasses.replace(config, diffusion=dataclasses.replace(config.diffusion, representation="nodal"))
+    with pytest.raises(ConfigError, match="model.field_views: no field is linearly mapped"):
+        DarcyExperiment(nodal, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path / "nodal", progress=False).build_model()
+
+
 def test_physics_guided_run_samples_with_guidance(data_dir, tmp_path):
     config = small_config(
         model={"width": 8},

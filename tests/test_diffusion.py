@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from pidm_fem.diffusion.guidance import CoCoGenCorrector, PhysicsGuidedConditioning
+from pidm_fem.diffusion.input_views import LinearViewInputs, spectral_norm_estimate
 from pidm_fem.diffusion.losses import PIDMLoss
 from pidm_fem.diffusion.normalization import FieldNormalizer, LinearChannelMap, LogChannelMap
 from pidm_fem.diffusion.parameterization import VPredictionDenoiser, x0_denoiser
@@ -501,3 +502,31 @@ def test_channel_maps_round_trip_fit_and_differentiate():
         FieldNormalizer(torch.zeros(3), torch.ones(3), [None, None])
     with pytest.raises(ValueError, match="square matrices"):
         LinearChannelMap(torch.eye(3), torch.eye(4))
+
+
+class _CondRecorder(nn.Module):
+    """Returns x and keeps the condition channels it was given."""
+
+    def forward(self, x, t, cond=None, scalars=None):
+        self.cond = cond
+        return x
+
+
+def test_linear_views_append_the_scaled_mapped_channels_to_the_condition():
+    g = torch.Generator().manual_seed(4)
+    n = 12
+    matrix = torch.randn(n, n, generator=g, dtype=torch.float64)
+    assert spectral_norm_estimate(matrix) == pytest.approx(float(torch.linalg.matrix_norm(matrix, 2)), rel=1e-6)
+    recorder = _CondRecorder()
+    model = LinearViewInputs(recorder, {1: matrix})
+    assert model.n_views == 1 and not model.state_dict()  # the view is rebuilt, not stored
+    x = torch.randn(3, 2, n, generator=g)
+    cond = torch.randn(3, 2, n, generator=g)
+    assert torch.equal(model(x, torch.zeros(3, dtype=torch.int64), cond=cond), x)
+    expected = x[:, 1] @ (matrix / torch.linalg.matrix_norm(matrix, 2)).float().T
+    assert recorder.cond.shape == (3, 3, n) and torch.equal(recorder.cond[:, :2], cond)
+    torch.testing.assert_close(recorder.cond[:, 2], expected, rtol=1e-5, atol=1e-6)
+    model(x, torch.zeros(3, dtype=torch.int64))
+    assert recorder.cond.shape == (3, 1, n)
+    with pytest.raises(ValueError, match="at least one view"):
+        LinearViewInputs(recorder, {})

@@ -8,6 +8,7 @@ normalised units; physics enters as differentiable callables on physical samples
 from __future__ import annotations
 
 from pidm_fem.diffusion.guidance import CoCoGenCorrector, PhysicsGuidedConditioning, Residual
+from pidm_fem.diffusion.input_views import LinearViewInputs
 from pidm_fem.diffusion.losses import Functional, PIDMLoss
 from pidm_fem.diffusion.normalization import ChannelMap, FieldNormalizer, LinearChannelMap, LogChannelMap
 from pidm_fem.diffusion.parameterization import VPredictionDenoiser, x0_denoiser
@@ -21,6 +22,7 @@ __all__ = [
     "FieldNormalizer",
     "Functional",
     "LinearChannelMap",
+    "LinearViewInputs",
     "LogChannelMap",
     "PIDMLoss",
     "PhysicsGuidedConditioning",

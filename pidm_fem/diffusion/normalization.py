@@ -53,6 +53,11 @@ class LinearChannelMap:
             self._cache[key] = self._matrices[which].to(device=like.device, dtype=like.dtype)
         return self._cache[key]
 
+    @property
+    def inverse_matrix(self) -> torch.Tensor:
+        """The inverse map B, (n, n) float64 (a copy)."""
+        return self._matrices["inverse"].clone()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``A x`` for each row of x (..., n)."""
         return x @ self._matrix("forward", x).T

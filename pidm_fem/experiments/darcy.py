@@ -45,6 +45,7 @@ from pidm_fem.diffusion import (
     CosineSchedule,
     FieldNormalizer,
     LinearChannelMap,
+    LinearViewInputs,
     LogChannelMap,
     PhysicsGuidedConditioning,
     PIDMLoss,
@@ -295,6 +296,27 @@ class DarcyExperiment:
             self._channel_maps = [maps.get(name) for name in self.fields.names]
         return self._channel_maps
 
+    def input_views(self) -> dict[int, torch.Tensor]:
+        """``{channel: inverse map}`` of the linearly mapped fields when ``model.field_views`` is on, else empty.
+
+        Raises
+        ------
+        ConfigError
+            If ``model.field_views`` is on but no field is linearly mapped (nodal representation).
+        """
+        if not self.config.model.field_views:
+            return {}
+        views = {
+            channel: channel_map.inverse_matrix
+            for channel, channel_map in enumerate(self.channel_maps())
+            if isinstance(channel_map, LinearChannelMap)
+        }
+        if not views:
+            raise ConfigError(
+                "model.field_views: no field is linearly mapped; it needs diffusion.representation: elliptic"
+            )
+        return views
+
     def fit_normalizer(self) -> FieldNormalizer:
         """Per-field statistics of the training split, in the coordinates of ``diffusion.representation``."""
         return FieldNormalizer.fit(self.node_tensor(self.dataset().train), self.channel_maps())
@@ -302,13 +324,16 @@ class DarcyExperiment:
     def build_model(self) -> nn.Module:
         """A freshly initialised denoiser of ``config.model``, seeded by ``training.seed``.
 
-        Physics-guided conditioning gives it one condition channel per field. With
-        ``diffusion.prediction: v`` the network predicts v and is wrapped into an x0
-        denoiser (:class:`~pidm_fem.diffusion.VPredictionDenoiser`). The global torch
-        RNG is left as it was.
+        Physics-guided conditioning gives it one condition channel per field, and
+        ``model.field_views`` one more per linearly mapped field
+        (:class:`~pidm_fem.diffusion.LinearViewInputs`). With ``diffusion.prediction: v``
+        the network predicts v and is wrapped into an x0 denoiser
+        (:class:`~pidm_fem.diffusion.VPredictionDenoiser`). The global torch RNG is left
+        as it was.
         """
         n_fields = self.fields.n_channels
-        cond_channels = n_fields if self.config.diffusion.method == "physics_guided" else 0
+        views = self.input_views()
+        cond_channels = (n_fields if self.config.diffusion.method == "physics_guided" else 0) + len(views)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.training.seed)
             network = build_denoiser(
@@ -318,6 +343,8 @@ class DarcyExperiment:
                 cond_channels=cond_channels,
                 n_timesteps=self.config.diffusion.T,
             )
+        if views:
+            network = LinearViewInputs(network, views)
         return x0_denoiser(network, self.config.diffusion.prediction, self.schedule)
 
     def trainer(self) -> Trainer:

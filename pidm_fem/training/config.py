@@ -114,12 +114,17 @@ class DataConfig(_Section):
 
 @dataclass(frozen=True)
 class ModelConfig(_Section):
-    """The denoiser: raster U-Net or mesh-native network, its width and attention."""
+    """The denoiser: raster U-Net or mesh-native network, its width and attention.
+
+    ``field_views: true`` also hands the network each linearly mapped field in its
+    physical coordinates (under elliptic coordinates, the pressure beside its Laplacian).
+    """
 
     name: ClassVar[str] = "model"
     kind: Literal["unet", "mesh"] = _key("unet")
     width: int = _key(32, _at_least(1))
     attention: bool = _key(True)
+    field_views: bool = _key(False)
 
 
 @dataclass(frozen=True)
