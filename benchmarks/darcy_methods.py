@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from pidm_fem.experiments import DarcyExperiment
-from pidm_fem.training import config_from_dict
+from pidm_fem.training import CheckpointError, config_from_dict, load_checkpoint
+from pidm_fem.training.checkpoint import LAST
 
 #: diffusion-section overrides of each trained method
 TRAINED = {
@@ -87,19 +88,28 @@ def balanced_groups(methods: list[str], jobs: int) -> list[list[str]]:
     return [group for group in groups if group]
 
 
+def _finished(checkpoint: Path, steps: int) -> bool:
+    """Whether a run's last checkpoint exists and has reached ``steps``."""
+    try:
+        return load_checkpoint(checkpoint).step >= steps
+    except CheckpointError:
+        return False
+
+
 def _train_group(base: dict, methods: list[str], mesh, out: Path, progress: bool) -> None:
     train_all(base, methods, mesh, out, workers=1, progress=progress)
 
 
 def train_in_parallel(base: dict, methods: list[str], mesh, out: Path, workers: int, jobs: int, progress: bool) -> None:
-    """Train the trained methods of ``methods`` in up to ``jobs`` processes (nothing to do for one group).
+    """Train the unfinished trained methods of ``methods`` in up to ``jobs`` processes (none for one group).
 
     The dataset is generated first, here, so that the processes share one file; each
     process trains its group (:func:`balanced_groups`) as :func:`train_all` would, so
     the runs are those of a sequential run, and a later :func:`train_all` resumes them.
     A failure in any process is raised here.
     """
-    groups = balanced_groups(methods, jobs)
+    steps = base["training"]["steps"]
+    groups = balanced_groups([m for m in methods if not _finished(out / "runs" / m / LAST, steps)], jobs)
     if len(groups) < 2:
         return
     first = groups[0][0]
