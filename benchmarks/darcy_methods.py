@@ -16,9 +16,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import ctypes
 import multiprocessing
+import signal
+import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,8 @@ TRAINED = {
 }
 #: sampled-only methods: the trained method whose model they sample with CoCoGen corrections
 CORRECTED = {"cocogen": "ddpm", "pidm_cocogen": "pidm_mean"}
+#: prctl option of Linux: the signal a process receives when its parent dies
+PR_SET_PDEATHSIG = 1
 #: relative cost of a training step (quick mode, one core each: 80, 88, 168 and 88 s for 350 steps)
 STEP_COST = {"ddpm": 1.0, "pidm_mean": 1.1, "pidm_sample": 2.1, "physics_guided": 1.1}
 
@@ -106,7 +110,7 @@ def train_in_parallel(base: dict, methods: list[str], mesh, out: Path, workers: 
     The dataset is generated first, here, so that the processes share one file; each
     process trains its group (:func:`balanced_groups`) as :func:`train_all` would, so
     the runs are those of a sequential run, and a later :func:`train_all` resumes them.
-    A failure in any process is raised here.
+    A failure in any process is raised here; stopping this process stops them all.
     """
     steps = base["training"]["steps"]
     groups = balanced_groups([m for m in methods if not _finished(out / "runs" / m / LAST, steps)], jobs)
@@ -115,11 +119,16 @@ def train_in_parallel(base: dict, methods: list[str], mesh, out: Path, workers: 
     first = groups[0][0]
     DarcyExperiment(method_config(base, first), mesh, data_dir=out / "data", run_dir=out / "runs" / first,
                     workers=workers, progress=progress).dataset()
-    # spawn: a forked child would inherit the parent's initialised PETSc/MPI state
-    with ProcessPoolExecutor(len(groups), mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_train_group, base, group, mesh, out, progress) for group in groups]
-        for future in futures:
-            future.result()
+    # spawn: a forked child would inherit the parent's initialised PETSc/MPI state. The pool's exit
+    # terminates its workers when this process stops on an error or an interrupt; on Linux they are
+    # also sent SIGTERM when it dies of a signal, so no training process outlives the benchmark.
+    with multiprocessing.get_context("spawn").Pool(len(groups), initializer=_die_with_parent) as pool:
+        pool.starmap(_train_group, [(base, group, mesh, out, progress) for group in groups], chunksize=1)
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def train_and_sample(

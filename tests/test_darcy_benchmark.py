@@ -1,8 +1,11 @@
 """Smoke run of the main job (benchmarks/darcy_mesh.py): every output, every metric, every method."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -68,3 +71,34 @@ def test_bad_jobs_is_a_one_line_error(tmp_path):
     proc = run_benchmark("--quick", "--jobs", "0", "--out", str(tmp_path / "bench"))
     assert proc.returncode == 2 and proc.stderr.strip() == "darcy_mesh: error: --jobs must be at least 1, got 0"
     assert not (tmp_path / "bench").exists()
+
+
+def _children(pid: int) -> set[int]:
+    tasks = Path(f"/proc/{pid}/task")
+    return {int(child) for task in tasks.iterdir() for child in (task / "children").read_text().split()}
+
+
+def test_sigterm_stops_the_training_processes(tmp_path):
+    mesh = ROOT / "meshes" / "unit_square_r0.msh"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "darcy_mesh.py"), "--quick", "--mesh", str(mesh),
+                             "--steps", "100000", "--jobs", "2", "--train-only", "--out", str(tmp_path / "bench")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: set[int] = set()
+    try:
+        deadline = time.monotonic() + 300
+        # the first method of each of the two groups
+        while not all((tmp_path / "bench" / "runs" / m / "log.jsonl").exists() for m in ("pidm_sample", "pidm_mean")):
+            assert proc.poll() is None and time.monotonic() < deadline, "the training processes did not start"
+            time.sleep(1)
+        workers = _children(proc.pid)
+        assert len(workers) >= 2
+        proc.terminate()
+        assert proc.wait(timeout=60) != 0
+        time.sleep(2)
+        assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "training processes outlived the benchmark"
+    finally:
+        for pid in [proc.pid, *workers]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
