@@ -124,6 +124,8 @@ def train_in_parallel(base: dict, methods: list[str], mesh, out: Path, workers: 
     # also sent SIGTERM when it dies of a signal, so no training process outlives the benchmark.
     with multiprocessing.get_context("spawn").Pool(len(groups), initializer=_die_with_parent) as pool:
         pool.starmap(_train_group, [(base, group, mesh, out, progress) for group in groups], chunksize=1)
+        pool.close()
+        pool.join()
 
 
 def _die_with_parent() -> None:

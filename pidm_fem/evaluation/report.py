@@ -176,9 +176,8 @@ def markdown_table(results: Mapping) -> str:
     Columns: mean and median of the per-sample mean |r|, the mean over the
     baseline's and over the trivial field's, the mean relative error of the state
     against the state solved from the sample's coefficients (when evaluated), the
-    within-sample standard deviation
-    of each field over the test set's, and both distances with their ratio to the
-    baseline's. The ``data`` row's fidelity columns compare the train set with the
+    within-sample standard deviation of each field over the test set's, and both
+    distances with their ratio to the baseline's. The ``data`` row's fidelity columns compare the train set with the
     test set (the floor).
     """
     settings = results["settings"]
