@@ -17,7 +17,7 @@ scores what the pressures' shared shape allows (0.54 for the Darcy test sets).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -58,20 +58,26 @@ def mean_abs_residual(
         Shape (B,): ``sum_i w_i |r_i| / sum_i w_i`` for each sample.
     """
     x = as_samples(samples)
+    w = normalized_weights(weights, x.shape[2])
+    values = [(r.abs() * w).sum(dim=1) for _, r in _nodal_batches(residual, x, batch_size, "the residual")]
+    return torch.cat(values).numpy()
+
+
+def _nodal_batches(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int, name: str
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(batch, fn(batch))`` over batches of x, the output checked to be (B, n) and cast to float64 CPU."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    w = normalized_weights(weights, x.shape[2])
-    values = []
     with torch.no_grad():
         for batch in x.split(batch_size):
-            r = torch.as_tensor(residual(batch)).detach().to(device="cpu", dtype=torch.float64)
-            if r.shape != (batch.shape[0], x.shape[2]):
+            values = torch.as_tensor(fn(batch)).detach().to(device="cpu", dtype=torch.float64)
+            if values.shape != (batch.shape[0], x.shape[2]):
                 raise ValueError(
-                    f"the residual must return one value per node, shape {(batch.shape[0], x.shape[2])}, "
-                    f"got {tuple(r.shape)}"
+                    f"{name} must return one value per node, shape {(batch.shape[0], x.shape[2])}, "
+                    f"got {tuple(values.shape)}"
                 )
-            values.append((r.abs() * w).sum(dim=1))
-    return torch.cat(values).numpy()
+            yield batch, values
 
 
 def relative_state_error(
@@ -113,23 +119,14 @@ def relative_state_error(
     x = as_samples(samples)
     if not 0 <= state_channel < x.shape[1]:
         raise ValueError(f"state channel {state_channel} is out of range for samples with {x.shape[1]} channels")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     w = normalized_weights(weights, x.shape[2])
     values = []
-    with torch.no_grad():
-        for batch in x.split(batch_size):
-            solved = torch.as_tensor(solve_state(batch)).detach().to(device="cpu", dtype=torch.float64)
-            if solved.shape != (batch.shape[0], x.shape[2]):
-                raise ValueError(
-                    f"the state solver must return one value per node, shape {(batch.shape[0], x.shape[2])}, "
-                    f"got {tuple(solved.shape)}"
-                )
-            reference = (solved.pow(2) * w).sum(dim=1).sqrt()
-            if bool((reference == 0).any()):
-                raise ValueError("a solved state is identically zero: its relative error is undefined")
-            error = ((batch[:, state_channel] - solved).pow(2) * w).sum(dim=1).sqrt()
-            values.append(error / reference)
+    for batch, solved in _nodal_batches(solve_state, x, batch_size, "the state solver"):
+        reference = (solved.pow(2) * w).sum(dim=1).sqrt()
+        if bool((reference == 0).any()):
+            raise ValueError("a solved state is identically zero: its relative error is undefined")
+        error = ((batch[:, state_channel] - solved).pow(2) * w).sum(dim=1).sqrt()
+        values.append(error / reference)
     return torch.cat(values).numpy()
 
 
