@@ -3,7 +3,8 @@
 On the embedded default mesh (or --mesh PATH): generates (or reuses) the Darcy
 dataset, trains DDPM, PIDM ("mean" and, unless --no-sample-estimation, "sample")
 and physics-guided conditioning with the same seed, model, optimiser and steps
-(side by side in --jobs processes, one per core by default), samples each (CoCoGen corrections reuse the DDPM model), and evaluates physics
+(side by side in --jobs processes, one per core by default), samples each
+(CoCoGen corrections reuse the DDPM model), and evaluates physics
 (mean |r| of the strong-form residual, against the data's own floor and the
 trivial field p = 0; the relative L2 error of p against the pressure solved for
 the sample's own K), fidelity (per-field statistics, energy and sliced

@@ -14,9 +14,9 @@ only in the switches of the diffusion configuration:
 from __future__ import annotations
 
 import copy
+import ctypes
 import dataclasses
 import json
-import ctypes
 import multiprocessing
 import signal
 import sys
