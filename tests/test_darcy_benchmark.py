@@ -94,7 +94,9 @@ def test_sigterm_stops_the_training_processes(tmp_path):
         assert len(workers) >= 2
         proc.terminate()
         assert proc.wait(timeout=60) != 0
-        time.sleep(2)
+        deadline = time.monotonic() + 30
+        while [pid for pid in workers if Path(f"/proc/{pid}").exists()] and time.monotonic() < deadline:
+            time.sleep(0.5)
         assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "training processes outlived the benchmark"
     finally:
         for pid in [proc.pid, *workers]:

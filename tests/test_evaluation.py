@@ -182,6 +182,10 @@ def test_state_error_is_zero_for_solutions_one_for_zero_and_measures_a_scaling(d
         {"ddpm": scaled}, solved, data["train"], residual, weights, channel_names=["p", "K"], state_solver=solve
     )
     assert results["data"]["state_error"]["mean"] < 1e-13
+    mismatched = torch.stack([solved[:, 0], solved[:, 1].roll(1, dims=0)], dim=1)
+    expected = relative_state_error(solve, mismatched, 0, weights)
+    assert results["data"]["mismatched_state_error"]["per_sample"] == pytest.approx(expected.tolist(), rel=1e-14)
+    assert min(expected) > 0.01
     assert results["trivial"]["state_error"]["mean"] == pytest.approx(1.0, rel=1e-14)
     assert results["methods"]["ddpm"]["state_error"]["median"] == pytest.approx(0.1, rel=1e-12)
     header, _, data_row, trivial_row, ddpm_row = markdown_table(results).strip().splitlines()

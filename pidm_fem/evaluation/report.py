@@ -14,7 +14,9 @@ samples) and for every method, the same entry::
 - ``state_error``: when a state solver is given, the per-sample relative L2 distance of
   the trivial channel (the state, e.g. the pressure) to the state solved from the
   sample's coefficient fields, summarised over samples
-  (:func:`~pidm_fem.evaluation.physics_metrics.relative_state_error`); ``None`` otherwise;
+  (:func:`~pidm_fem.evaluation.physics_metrics.relative_state_error`); ``None`` otherwise.
+  The ``"data"`` entry then also has ``mismatched_state_error``: the same for the test
+  states paired with the coefficients of the previous test sample (what no coupling scores);
 - ``fidelity``: :func:`~pidm_fem.evaluation.distribution.fidelity_metrics` against
   the test set. For the ``"data"`` entry it is the TRAIN set against the test set:
   the floor of the distances, what a perfect model reaches with finitely many samples;
@@ -146,6 +148,13 @@ def evaluate_methods(
 
     trivial_test = zero_channel(test, trivial_channel)
     data, trivial = entry(test, train), entry(trivial_test, trivial_test)
+    if state_solver is not None:
+        # each test state paired with the next test sample's coefficients: no coupling at all
+        mismatched = test.roll(1, dims=0)
+        mismatched[:, trivial_channel] = test[:, trivial_channel]
+        data["mismatched_state_error"] = residual_summary(
+            relative_state_error(state_solver, mismatched, trivial_channel, weights, batch_size)
+        )
     methods = {name: entry(samples, samples) for name, samples in generated.items()}
     reference = methods.get(baseline)
     for item in (data, trivial, *methods.values()):
