@@ -107,6 +107,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="override what the network predicts (x0 directly, or v: a skip-connected x0)")
     parser.add_argument("--physics-t-fraction", type=float, default=None,
                         help="PIDM's residual acts on the steps t < fraction * T only")
+    parser.add_argument("--residual", choices=("strong", "weak", "preconditioned"), default=None,
+                        help="the residual vector the physics terms see (PIDM loss, guidance, CoCoGen): nodal "
+                             "strong form, weak vector, or the strong form through the inverse unit Laplacian; "
+                             "the evaluation always reports the strong form")
     parser.add_argument("--residual-gradient", choices=("all", "state"), default=None,
                         help="differentiate PIDM's residual with respect to all fields or the pressure only")
     parser.add_argument("--cocogen-gradient", choices=("all", "state"), default=COCOGEN["cocogen_gradient"],
@@ -133,6 +137,7 @@ OVERRIDES = {
     "representation": ("diffusion", "representation"),
     "prediction": ("diffusion", "prediction"),
     "physics_t_fraction": ("diffusion", "physics_t_fraction"),
+    "residual": ("diffusion", "residual"),
     "residual_gradient": ("diffusion", "residual_gradient"),
 }
 
@@ -218,7 +223,7 @@ def evaluate_runs(experiment, runs: dict) -> tuple[dict, dict]:
     splits = experiment.dataset()
     nodes = {method: float64_nodes(run["rows"]) for method, run in runs.items()}
     summary = evaluate_methods(
-        nodes, float64_nodes(splits.test), float64_nodes(splits.train), experiment.residual,
+        nodes, float64_nodes(splits.test), float64_nodes(splits.train), experiment.strong_residual,
         weights=experiment.problem.lumped_mass(), channel_names=experiment.fields.names,
         state_solver=experiment.solve_state,
     )
@@ -226,7 +231,7 @@ def evaluate_runs(experiment, runs: dict) -> tuple[dict, dict]:
         summary["methods"][method]["cost"] = {"train_seconds_per_step": run["seconds_per_step"],
                                               "sample_seconds_per_sample": run["sample_seconds_per_sample"]}
     with torch.no_grad():
-        residuals = {method: experiment.residual(x).numpy() for method, x in nodes.items()}
+        residuals = {method: experiment.strong_residual(x).numpy() for method, x in nodes.items()}
     return summary, residuals
 
 

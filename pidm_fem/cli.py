@@ -47,7 +47,7 @@ def _darcy_sample(args: argparse.Namespace) -> int:
     experiment = _darcy_experiment(args)
     rows = experiment.sample(args.n, seed=args.seed)
     with torch.no_grad():
-        r = experiment.residual(experiment.node_tensor(rows)).numpy()
+        r = experiment.strong_residual(experiment.node_tensor(rows)).numpy()
     with atomic_path(args.out) as tmp:
         np.savez(tmp, rows=rows, residual=r, dof_coordinates=experiment.generator.layout.dof_coordinates())
     print(f"{len(rows)} samples -> {args.out}; mean |r| {np.abs(r).mean():.4g}, median of per-sample "

@@ -164,3 +164,23 @@ def test_neumann_laplacian_maps_invert_and_converge():
     assert all(1.8 <= r <= 2.2 for r in rates), (errors, rates)
     with pytest.raises(ValueError, match="scalar space"):
         neumann_laplacian_maps(fd.VectorFunctionSpace(mesh, "CG", 1))
+
+
+def test_preconditioned_residual_is_the_pressure_error_under_constant_permeability():
+    """z = A_1^{-1} R: for constant K = c, z = c (p - solve(K)), zero for the solution; bad kinds refused."""
+    import torch
+
+    problem = DarcyProblem(load_mesh(unit_square_family()[0]))
+    residual = problem.torch_residual("preconditioned")
+    weights = problem.lumped_mass()
+    noise = np.random.default_rng(3).standard_normal(problem.V.dof_count)
+    for c in (1.0, 2.0):
+        K = np.full(problem.V.dof_count, c)
+        solved = problem.solve(K).dat.data_ro.copy()
+        p = solved + noise - (noise @ weights) / weights.sum()
+        rows = torch.from_numpy(np.stack([np.concatenate([p, K]), np.concatenate([solved, K])]))
+        z = residual(rows).numpy()
+        assert np.abs(z[0] - c * (p - solved)).max() < 1e-10 * np.abs(noise).max()
+        assert np.abs(z[1]).max() < 1e-10 * np.abs(solved).max()
+    with pytest.raises(ValueError, match="residual kind must be one of"):
+        problem.torch_residual("H1")

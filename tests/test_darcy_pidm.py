@@ -12,6 +12,7 @@ from pidm_fem.experiments import DarcyExperiment, NodeFields, build_denoiser, di
 from pidm_fem.mesh import unit_square_family
 from pidm_fem.models import MeshDenoiser, RasterUNet, count_parameters
 from pidm_fem.physics.darcy import DarcyProblem
+from pidm_fem.physics.field_maps import neumann_laplacian_maps
 from pidm_fem.training import CheckpointError, ConfigError, config_from_dict, load_checkpoint, load_config
 from pidm_fem.training.config import ModelConfig
 
@@ -61,6 +62,19 @@ def test_node_fields_reshape_rows_and_keep_the_physics(experiment):
     assert experiment.residual(x.flip(1)).abs().max() > 1e-2 * f_max
     with pytest.raises(ValueError, match=r"shape \(B, 2,"):
         fields.to_rows(x[:, :1])
+
+
+def test_physics_residual_follows_the_config_and_the_reported_one_stays_strong(experiment, data_dir, tmp_path):
+    x = experiment.fields.to_nodes(torch.from_numpy(experiment.dataset().train))
+    wrong = x.clone()
+    wrong[:, 0] *= 1.5
+    preconditioned = DarcyExperiment(small_config(diffusion={"residual": "preconditioned"}), COARSE_MESH,
+                                     data_dir=data_dir, run_dir=tmp_path, progress=False)
+    torch.testing.assert_close(preconditioned.strong_residual(wrong), experiment.residual(wrong), rtol=0, atol=0)
+    torch.testing.assert_close(experiment.strong_residual(wrong), experiment.residual(wrong), rtol=0, atol=0)
+    expected = experiment.residual(wrong) @ torch.from_numpy(
+        neumann_laplacian_maps(experiment.problem.V)[1].T.copy())
+    torch.testing.assert_close(preconditioned.residual(wrong), expected)
 
 
 def test_solve_state_recovers_the_data_pressure_and_flags_a_non_positive_k(experiment):

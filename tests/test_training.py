@@ -27,6 +27,7 @@ from pidm_fem.training.config import (
     config_to_dict,
     load_config,
     save_config,
+    trained_configuration,
 )
 from pidm_fem.training.ema import EMA
 from pidm_fem.training.trainer import Trainer, TrainingDiverged
@@ -245,20 +246,20 @@ def _toy_loss(model, batch, generator):
     return data + penalty, {"data": data.item(), "residual": penalty.item()}
 
 
-def _config(steps: int, **training) -> RunConfig:
+def _config(steps: int, diffusion: dict | None = None, **training) -> RunConfig:
     settings = dict(
         steps=steps, batch_size=5, lr=1e-2, ema_decay=0.9, ema_start=3, val_every=2, checkpoint_every=2, log_every=2
     )
     settings.update(training)
-    return config_from_dict({"training": settings})
+    return config_from_dict({"training": settings, "diffusion": diffusion or {}})
 
 
-def _train(run_dir, steps: int, callback=None, **training):
+def _train(run_dir, steps: int, callback=None, diffusion: dict | None = None, **training):
     trainer = Trainer(
         _model(),
         _toy_loss,
         _data(12, seed=1),
-        _config(steps, **training),
+        _config(steps, diffusion, **training),
         run_dir,
         val_data=_data(7, seed=2),
         mesh_fingerprint="mesh-1",
@@ -387,6 +388,33 @@ def test_resume_refuses_another_mesh_or_configuration(tmp_path):
         Trainer(_model(), _toy_loss, _data(12, seed=1), _config(4), tmp_path, mesh_fingerprint="mesh-2")
     with pytest.raises(CheckpointError, match=r"made with another configuration \(training\.lr differ\)"):
         Trainer(_model(), _toy_loss, _data(12, seed=1), _config(4, lr=0.1), tmp_path, mesh_fingerprint="mesh-1")
+
+
+def test_resume_ignores_only_the_keys_that_the_method_never_reads(tmp_path):
+    ddpm = {"method": "ddpm", "c_residual": 1e-3, "residual": "strong"}
+    _train(tmp_path, steps=2, diffusion=ddpm)
+    other_physics = dict(ddpm, c_residual=1.0, residual="preconditioned")
+    trainer = Trainer(_model(), _toy_loss, _data(12, seed=1), _config(4, diffusion=other_physics), tmp_path,
+                      mesh_fingerprint="mesh-1")
+    assert trainer.step == 2
+    with pytest.raises(CheckpointError, match=r"diffusion\.T differ"):
+        Trainer(_model(), _toy_loss, _data(12, seed=1), _config(4, diffusion=dict(ddpm, T=50)), tmp_path,
+                mesh_fingerprint="mesh-1")
+
+
+def test_trained_configuration_keeps_what_shapes_the_weights():
+    def trained(**diffusion):
+        return trained_configuration(config_to_dict(config_from_dict({"diffusion": diffusion})))
+
+    assert trained(method="ddpm", c_residual=1e-3) == trained(method="ddpm", c_residual=1.0, residual="weak")
+    assert trained(method="ddpm") != trained(method="ddpm", prediction="v")
+    assert trained(method="pidm", c_residual=1e-3) != trained(method="pidm", c_residual=1.0)
+    assert trained(method="pidm", residual="strong") != trained(method="pidm", residual="preconditioned")
+    assert trained(method="pidm", cond_dropout=0.1) == trained(method="pidm", cond_dropout=0.2)
+    guided = trained(method="physics_guided", residual="strong")
+    assert guided != trained(method="physics_guided", residual="weak")  # the residual is its condition
+    assert guided == trained(method="physics_guided", residual="strong", c_residual=5.0)
+    assert "c_residual" in config_to_dict(config_from_dict({"diffusion": {"method": "ddpm"}}))["diffusion"]
 
 
 def test_checkpoint_from_before_a_new_key_resumes_with_its_default(tmp_path):

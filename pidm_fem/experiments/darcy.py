@@ -66,6 +66,7 @@ from pidm_fem.training import (
     TrainingSummary,
     config_to_dict,
     load_checkpoint,
+    trained_configuration,
 )
 from pidm_fem.training.checkpoint import LAST
 from pidm_fem.training.config import DiffusionConfig
@@ -215,13 +216,24 @@ class DarcyExperiment:
         self.mesh = self.fields.mesh_nodes()
         self.fingerprint = self.generator.fingerprint
         self.schedule = CosineSchedule(config.diffusion.T)
-        self._rows_residual = self.problem.torch_residual(strong=config.diffusion.residual == "strong")
+        self._rows_residual = self.problem.torch_residual(config.diffusion.residual)
+        self._rows_strong_residual = (
+            self._rows_residual if config.diffusion.residual == "strong" else self.problem.torch_residual("strong")
+        )
         self._splits: DarcySplits | None = None
         self._channel_maps: list | None = None
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         """Darcy residual of physical fields (B, 2, n), per ``diffusion.residual``: (B, n), differentiable."""
         return self._rows_residual(self.fields.to_rows(x))
+
+    def strong_residual(self, x: torch.Tensor) -> torch.Tensor:
+        """Strong-form nodal residual ``M_L^{-1} R`` of physical fields (B, 2, n): (B, n), differentiable.
+
+        The residual the evaluation reports, whichever residual ``diffusion.residual``
+        gives the physics terms.
+        """
+        return self._rows_strong_residual(self.fields.to_rows(x))
 
     def solve_state(self, x: torch.Tensor) -> torch.Tensor:
         """The pressure solved for each sample's own permeability (the coupling the data obey).
@@ -426,9 +438,9 @@ class DarcyExperiment:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
         path = self.run_dir / LAST if checkpoint is None else Path(checkpoint)
         state = load_checkpoint(path, self.fingerprint)
-        ours = config_to_dict(self.config)
+        saved, ours = trained_configuration(state.config), trained_configuration(config_to_dict(self.config))
         for section in ("model", "diffusion"):
-            if state.config.get(section) != ours[section]:
+            if saved.get(section) != ours[section]:
                 raise CheckpointError(path, f"trained with another {section} configuration than this experiment's")
         normalizer = FieldNormalizer.from_state_dict(state.extra[NORMALIZER_KEY], self.channel_maps())
         device = torch.device(self.config.training.device)

@@ -21,10 +21,13 @@ import torch
 import ufl
 
 from ..bridge import BatchedFormOperator, FieldLayout, TapedOperator, TorchFEM
+from .field_maps import neumann_laplacian_maps
 
 #: amplitude and box size of the paper's source on the unit square
 PAPER_SOURCE_AMPLITUDE = 10.0
 PAPER_SOURCE_BOX = 0.125
+#: what :meth:`DarcyProblem.torch_residual` returns: nodal strong form, weak vector, preconditioned
+RESIDUAL_KINDS = ("strong", "weak", "preconditioned")
 
 
 def darcy_residual(p, K, v, f) -> ufl.Form:
@@ -147,24 +150,42 @@ class DarcyProblem:
         v = fd.TestFunction(self.V)
         return TapedOperator(self.layout, lambda fields, data: fd.assemble(self.residual(fields["p"], fields["K"], v)))
 
-    def torch_residual(self, strong: bool = True, chunk: int = 32):
+    def torch_residual(self, kind: str = "strong", chunk: int = 32):
         """Differentiable torch residual of batches of rows ``[p, K]``.
 
         Parameters
         ----------
-        strong
-            Return the strong-form-equivalent nodal residual ``M_L^{-1} R``
-            (default) instead of the weak residual vector ``R``.
+        kind
+            ``"strong"``: the strong-form-equivalent nodal residual ``r = M_L^{-1} R``;
+            ``"weak"``: the weak residual vector ``R``; ``"preconditioned"``:
+            ``z = G r``, G the zero-mean inverse of the unit-coefficient Neumann
+            Laplacian (:func:`~pidm_fem.physics.field_maps.neumann_laplacian_maps`), so
+            that ``z = A_1^{-1} R`` is the pressure error the residual would cause under
+            unit permeability (for K = 1, exactly ``p - solve(K)``). Its squared norm
+            weighs every mode of the pressure error alike (within the range of K),
+            where r's weighs mode k by its squared eigenvalue (dense: at most
+            :data:`~pidm_fem.physics.field_maps.MAX_DENSE_DOFS` DOFs).
         chunk
             Samples per assembly of the fast path.
+
+        Raises
+        ------
+        ValueError
+            If ``kind`` is not one of :data:`RESIDUAL_KINDS`.
         """
+        if kind not in RESIDUAL_KINDS:
+            raise ValueError(f"residual kind must be one of {RESIDUAL_KINDS}, got {kind!r}")
         weak = TorchFEM(self.residual_operator(chunk))
-        if not strong:
+        if kind == "weak":
             return weak
         inverse_mass = torch.from_numpy(1.0 / self._lumped_mass)
+        preconditioner = None
+        if kind == "preconditioned":
+            preconditioner = torch.from_numpy(neumann_laplacian_maps(self.V)[1].T.copy())
 
         def residual(x: torch.Tensor) -> torch.Tensor:
-            return weak(x) * inverse_mass.to(device=x.device, dtype=x.dtype)
+            r = weak(x) * inverse_mass.to(device=x.device, dtype=x.dtype)
+            return r if preconditioner is None else r @ preconditioner.to(device=x.device, dtype=x.dtype)
 
         return residual
 

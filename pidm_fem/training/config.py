@@ -41,6 +41,7 @@ __all__ = [
     "RunConfig",
     "config_from_dict",
     "config_to_dict",
+    "trained_configuration",
     "load_config",
     "save_config",
 ]
@@ -136,7 +137,7 @@ class DiffusionConfig(_Section):
     method: Literal["pidm", "ddpm", "physics_guided"] = _key("pidm")
     c_data: float = _key(1.0, _at_least(0))
     c_residual: float = _key(1e-3, _at_least(0))
-    residual: Literal["strong", "weak"] = _key("strong")
+    residual: Literal["strong", "weak", "preconditioned"] = _key("strong")
     representation: Literal["nodal", "elliptic"] = _key("nodal")
     residual_gradient: Literal["all", "state"] = _key("all")
     physics_t_fraction: float = _key(1.0, lambda v: None if 0 < v <= 1 else f"must be in (0, 1], got {v}")
@@ -307,6 +308,35 @@ def config_from_dict(d: Mapping[str, Any] | None, source: str = "<dict>") -> Run
 def config_to_dict(config: RunConfig) -> dict[str, dict[str, Any]]:
     """The configuration as nested plain dictionaries (YAML- and JSON-serialisable)."""
     return dataclasses.asdict(config)
+
+
+#: diffusion keys that a method's loss never reads: its trained weights do not depend on them
+_KEYS_UNREAD_IN_TRAINING = {
+    "ddpm": ("c_residual", "residual", "residual_gradient", "physics_t_fraction", "x0_estimation", "sample_steps",
+             "cond_dropout"),
+    "physics_guided": ("c_residual", "residual_gradient", "physics_t_fraction", "x0_estimation", "sample_steps"),
+    "pidm": ("cond_dropout",),
+}
+
+
+def trained_configuration(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A configuration dict without the diffusion keys that its method's training never reads.
+
+    Two runs whose trained configurations are equal train the same weights: a DDPM
+    checkpoint serves a configuration with other PIDM-loss settings (the CoCoGen
+    baseline of a PIDM study), but not one with another schedule or model.
+
+    Parameters
+    ----------
+    config
+        Nested sections as :func:`config_to_dict` writes them (or a checkpoint stores them).
+    """
+    trimmed = {section: dict(values) if isinstance(values, Mapping) else values for section, values in config.items()}
+    diffusion = trimmed.get("diffusion")
+    if isinstance(diffusion, dict):
+        for key in _KEYS_UNREAD_IN_TRAINING.get(diffusion.get("method"), ()):
+            diffusion.pop(key, None)
+    return trimmed
 
 
 class _StrictLoader(yaml.SafeLoader):

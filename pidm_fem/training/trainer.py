@@ -43,7 +43,7 @@ from pidm_fem.training.checkpoint import (
     restore_rng_state,
     save_run_checkpoint,
 )
-from pidm_fem.training.config import RunConfig, config_to_dict
+from pidm_fem.training.config import RunConfig, config_to_dict, trained_configuration
 from pidm_fem.training.ema import EMA
 
 __all__ = [
@@ -167,7 +167,7 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _config_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """Dotted keys that differ between two configurations and matter for training."""
-    old, new = _flatten(saved), _flatten(current)
+    old, new = _flatten(trained_configuration(saved)), _flatten(trained_configuration(current))
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k, "<missing>") != new.get(k, "<missing>"))
     return [k for k in changed if not k.startswith(_RESUMABLE_CHANGES)]
 
