@@ -55,7 +55,7 @@ MODES = {
             "data": {"n_train": 1000, "n_val": 64, "n_test": 128, "seed": 0},
             "model": {"kind": "mesh", "width": 16},
             "diffusion": {"T": 100, "c_residual": 1e-3, "sample_steps": 2, **PROJECT_DIFFUSION},
-            "training": {"steps": 1500, "batch_size": 16, "lr": 1e-3, "ema_start": 500, "val_every": 250,
+            "training": {"steps": 3000, "batch_size": 16, "lr": 1e-3, "ema_start": 500, "val_every": 250,
                          "checkpoint_every": 100, "log_every": 25, "seed": 0},
             "sampling": {"sampler": "ddim", "ddim_steps": 50, "guidance_scale": 3.0},
         },
