@@ -104,3 +104,14 @@ def test_sigterm_stops_the_training_processes(tmp_path):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_residual_norms_strong_rewards_collapse_and_preconditioned_does_not(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "residual_norms.py"), "--quick",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    norms = json.loads((tmp_path / "residual_norms.json").read_text())["mean_squared_residual"]
+    for kind in ("strong", "preconditioned"):
+        assert norms[kind]["data"] < 1e-20 * norms[kind]["p=0"], kind  # the data solve the discrete problem
+    assert norms["strong"]["reward_for_collapse"] > 10  # a wrong pressure costs more than no pressure
+    assert 0.5 < norms["preconditioned"]["reward_for_collapse"] < 2

@@ -56,7 +56,6 @@ from pidm_fem.diffusion import (
 from pidm_fem.experiments.denoisers import build_denoiser
 from pidm_fem.experiments.node_fields import NodeFields
 from pidm_fem.mesh import default_mesh_path
-from pidm_fem.physics.field_maps import neumann_laplacian_maps
 from pidm_fem.physics.darcy_data import DarcyDataSettings, DarcySampleGenerator, make_darcy_generator
 from pidm_fem.training import (
     CheckpointError,
@@ -302,7 +301,7 @@ class DarcyExperiment:
         """The per-field maps of ``diffusion.representation``, in channel order [p, K] (built once)."""
         if self._channel_maps is None:
             if self.config.diffusion.representation == "elliptic":
-                maps = {"p": LinearChannelMap(*neumann_laplacian_maps(self.problem.V)), "K": LogChannelMap()}
+                maps = {"p": LinearChannelMap(*self.problem.laplacian_maps), "K": LogChannelMap()}
             else:
                 maps = {}
             self._channel_maps = [maps.get(name) for name in self.fields.names]

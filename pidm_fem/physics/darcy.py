@@ -14,6 +14,7 @@ comparable across meshes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import firedrake as fd
 import numpy as np
@@ -122,6 +123,7 @@ class DarcyProblem:
         self._K = fd.Function(self.V, name="K")
         self._p = fd.Function(self.V, name="p")
         self._solver = self._make_solver()
+        self._torch_weak: dict[int, TorchFEM] = {}
 
     def _make_source(self, source) -> fd.Function:
         if not isinstance(source, str):
@@ -175,19 +177,29 @@ class DarcyProblem:
         """
         if kind not in RESIDUAL_KINDS:
             raise ValueError(f"residual kind must be one of {RESIDUAL_KINDS}, got {kind!r}")
-        weak = TorchFEM(self.residual_operator(chunk))
+        if chunk not in self._torch_weak:  # one compiled operator serves every kind
+            self._torch_weak[chunk] = TorchFEM(self.residual_operator(chunk))
+        weak = self._torch_weak[chunk]
         if kind == "weak":
             return weak
         inverse_mass = torch.from_numpy(1.0 / self._lumped_mass)
         preconditioner = None
         if kind == "preconditioned":
-            preconditioner = torch.from_numpy(neumann_laplacian_maps(self.V)[1].T.copy())
+            preconditioner = torch.from_numpy(self.laplacian_maps[1].T.copy())
 
         def residual(x: torch.Tensor) -> torch.Tensor:
             r = weak(x) * inverse_mass.to(device=x.device, dtype=x.dtype)
             return r if preconditioner is None else r @ preconditioner.to(device=x.device, dtype=x.dtype)
 
         return residual
+
+    @cached_property
+    def laplacian_maps(self) -> tuple[np.ndarray, np.ndarray]:
+        """The dense unit-coefficient Neumann Laplacian ``M_L^{-1} A`` of :attr:`V` and its inverse G (built once).
+
+        See :func:`~pidm_fem.physics.field_maps.neumann_laplacian_maps`.
+        """
+        return neumann_laplacian_maps(self.V)
 
     def lumped_mass(self) -> np.ndarray:
         """Diagonal of the lumped mass matrix of the field space (a copy)."""
