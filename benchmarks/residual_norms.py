@@ -46,25 +46,24 @@ def main(argv: list[str] | None = None) -> int:
     from darcy_methods import method_config
 
     from pidm_fem.atomic_files import write_json
+    from pidm_fem.evaluation import mismatched_pairs, zero_channel
     from pidm_fem.experiments import DarcyExperiment
     from pidm_fem.mesh.builtin import MESH_DIR
 
     out = args.out or Path(f"outputs/darcy_mesh_{args.mode}")
     base = base_config(parse_benchmark_args(["--quick"] if args.mode == "quick" else []))
+    base["diffusion"]["residual"] = "strong"
+    experiment = DarcyExperiment(method_config(base, "pidm_mean"), MESH_DIR / MODES[args.mode]["mesh"],
+                                 data_dir=out / "data", run_dir=out / "runs" / "unused",
+                                 workers=args.workers, progress=True)
+    test = experiment.fields.to_nodes(torch.as_tensor(experiment.dataset().test, dtype=torch.float64))
+    pressure = experiment.fields.channel("p")
+    cases = {"data": test, "mismatched": mismatched_pairs(test, pressure), "p=0": zero_channel(test, pressure)}
     results = {}
     for kind in KINDS:
-        base["diffusion"]["residual"] = kind
-        experiment = DarcyExperiment(method_config(base, "pidm_mean"), MESH_DIR / MODES[args.mode]["mesh"],
-                                     data_dir=out / "data", run_dir=out / "runs" / "unused",
-                                     workers=args.workers, progress=True)
-        test = experiment.fields.to_nodes(torch.as_tensor(experiment.dataset().test, dtype=torch.float64))
-        channel = experiment.fields.channel
-        mismatched, trivial = test.clone(), test.clone()
-        mismatched[:, channel("K")] = test.roll(1, dims=0)[:, channel("K")]
-        trivial[:, channel("p")] = 0.0
+        residual = experiment.problem.torch_residual(kind)
         with torch.no_grad():
-            values = {name: float(experiment.residual(x).pow(2).mean())
-                      for name, x in (("data", test), ("mismatched", mismatched), ("p=0", trivial))}
+            values = {name: float(residual(experiment.fields.to_rows(x)).pow(2).mean()) for name, x in cases.items()}
         values["reward_for_collapse"] = values["mismatched"] / values["p=0"]
         results[kind] = values
     path = write_json(out / "residual_norms.json", {"mode": args.mode, "mean_squared_residual": results})

@@ -20,6 +20,7 @@ from pidm_fem.evaluation import (
     energy_distance,
     evaluate_methods,
     field_statistics,
+    mismatched_pairs,
     markdown_table,
     mean_abs_residual,
     relative_state_error,
@@ -273,3 +274,14 @@ def test_mismatched_inputs_are_one_line_errors(data, linear_residual):
 def test_the_evaluation_package_does_not_import_firedrake():
     code = "import sys, pidm_fem.evaluation; assert 'firedrake' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_mismatched_pairs_keep_each_state_and_shift_the_coefficients():
+    x = torch.arange(24, dtype=torch.float64).reshape(3, 2, 4)
+    original = x.clone()
+    paired = mismatched_pairs(x, 0)
+    assert torch.equal(x, original)
+    assert torch.equal(paired[:, 0], x[:, 0])
+    assert torch.equal(paired[:, 1], x[[2, 0, 1], 1])
+    with pytest.raises(ValueError, match="out of range"):
+        mismatched_pairs(x, 2)

@@ -18,7 +18,13 @@ from pidm_fem.evaluation.distribution import (
     fidelity_metrics,
     sliced_wasserstein,
 )
-from pidm_fem.evaluation.physics_metrics import mean_abs_residual, relative_state_error, residual_summary, zero_channel
+from pidm_fem.evaluation.physics_metrics import (
+    mean_abs_residual,
+    mismatched_pairs,
+    relative_state_error,
+    residual_summary,
+    zero_channel,
+)
 from pidm_fem.evaluation.report import evaluate_methods, markdown_table
 
 __all__ = [
@@ -29,6 +35,7 @@ __all__ = [
     "field_statistics",
     "markdown_table",
     "mean_abs_residual",
+    "mismatched_pairs",
     "relative_state_error",
     "residual_summary",
     "sliced_wasserstein",

@@ -175,3 +175,24 @@ def zero_channel(samples: torch.Tensor | np.ndarray, channel: int) -> torch.Tens
         raise ValueError(f"channel {channel} is out of range for samples with {x.shape[1]} channels")
     x[:, channel] = 0.0
     return x
+
+
+def mismatched_pairs(samples: torch.Tensor | np.ndarray, state_channel: int) -> torch.Tensor:
+    """A copy of the samples whose state is paired with the previous sample's coefficients.
+
+    Each state keeps its realistic shape but belongs to other coefficients: what a model
+    that draws the fields independently, without their coupling, produces.
+
+    Parameters
+    ----------
+    samples
+        Physical samples (B, C, n), B >= 2; left unchanged.
+    state_channel
+        Index of the state channel (the pressure of Darcy), in ``[0, C)``.
+    """
+    x = as_samples(samples)
+    if not 0 <= state_channel < x.shape[1]:
+        raise ValueError(f"channel {state_channel} is out of range for samples with {x.shape[1]} channels")
+    paired = x.roll(1, dims=0)
+    paired[:, state_channel] = x[:, state_channel]
+    return paired

@@ -38,6 +38,7 @@ from pidm_fem.evaluation.physics_metrics import (
     NodalResidual,
     StateSolver,
     mean_abs_residual,
+    mismatched_pairs,
     relative_state_error,
     residual_summary,
     zero_channel,
@@ -149,9 +150,7 @@ def evaluate_methods(
     trivial_test = zero_channel(test, trivial_channel)
     data, trivial = entry(test, train), entry(trivial_test, trivial_test)
     if state_solver is not None:
-        # each test state paired with the next test sample's coefficients: no coupling at all
-        mismatched = test.roll(1, dims=0)
-        mismatched[:, trivial_channel] = test[:, trivial_channel]
+        mismatched = mismatched_pairs(test, trivial_channel)
         data["mismatched_state_error"] = residual_summary(
             relative_state_error(state_solver, mismatched, trivial_channel, weights, batch_size)
         )
