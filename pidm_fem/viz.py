@@ -100,3 +100,38 @@ def plot_training_curves(logs: Mapping[str, str | os.PathLike], path: str | os.P
         ax.set_title(key, fontsize=10)
         ax.legend(fontsize=8)
     _save(fig, path, dpi)
+
+
+def plot_trajectories(
+    panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float], str]]],
+    path: str | os.PathLike,
+    xlabel: str,
+    references: Mapping[str, Mapping[str, float]] | None = None,
+    dpi: int = 110,
+) -> None:
+    """Side-by-side panels of curves against a decreasing time axis, log-scaled y.
+
+    Parameters
+    ----------
+    panels
+        ``{panel title: {curve label: (x values, y values, matplotlib line style)}}``.
+    path
+        Output PNG (written atomically).
+    xlabel
+        Label of the shared x axis (drawn decreasing, as a reverse process runs).
+    references
+        ``{panel title: {label: value}}`` drawn as horizontal dashed lines.
+    """
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 4.0), squeeze=False)
+    for ax, (title, curves) in zip(axes[0], panels.items()):
+        for label, (x, y, style) in curves.items():
+            ax.plot(x, y, style, label=label, linewidth=1.4, markersize=3)
+        ax.set_yscale("log")
+        ax.invert_xaxis()
+        for name, value in (references or {}).get(title, {}).items():
+            ax.axhline(value, color="black", linestyle="--", linewidth=1.0)
+            ax.annotate(name, (ax.get_xlim()[0], value), ha="left", va="bottom", fontsize=8)
+        ax.set_xlabel(xlabel)
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=7)
+    _save(fig, path, dpi)

@@ -55,6 +55,32 @@ def test_smoke_run_writes_every_output(tmp_path):
     table = (report / "results.md").read_text()
     assert all(f"| {method} |" in table for method in METHODS)
 
+    # the trajectory of the same samples (seed 1, 4 of them) ends on the samples the benchmark scored
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sampling_trajectory.py"), *common[:3],
+                           "--out", str(out), "--n-samples", "4", "--every", "20"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "trajectory" / "trajectory.png").stat().st_size > 0
+    traced = json.loads((out / "trajectory" / "trajectory.json").read_text())
+    assert set(traced["methods"]) == {"ddpm", "pidm_mean", "pidm_sample"}
+    for method, curves in traced["methods"].items():
+        times = list(curves["sampling_estimate"])
+        assert times == list(curves["noised_data_estimate"]) == list(curves["noised_data"]) and len(times) >= 3
+        last = curves["sampling_estimate"][times[-1]]
+        assert last["residual"] == pytest.approx(results["methods"][method]["residual"]["mean"], rel=1e-9)
+        assert last["state_error"] == pytest.approx(results["methods"][method]["state_error"]["mean"], rel=1e-9)
+        noised = curves["noised_data"]
+        assert noised[times[0]]["residual"] > noised[times[-1]]["residual"] > 0  # noise raises the residual
+    assert traced["trivial"]["state_error"] == pytest.approx(1.0)
+
+
+def test_sampling_trajectory_without_runs_is_a_one_line_error(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sampling_trajectory.py"), "--quick",
+                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"sampling_trajectory: error: {tmp_path / 'runs'}: no trained run of ddpm, pidm_mean, pidm_sample"]
+
 
 def test_balanced_groups_split_the_trained_methods_by_cost():
     from darcy_methods import balanced_groups

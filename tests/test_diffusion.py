@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from pidm_fem.diffusion.estimates import noised_data_estimates
 from pidm_fem.diffusion.guidance import CoCoGenCorrector, PhysicsGuidedConditioning
 from pidm_fem.diffusion.input_views import LinearViewInputs, spectral_norm_estimate
 from pidm_fem.diffusion.losses import PIDMLoss
@@ -188,6 +189,37 @@ def test_oracle_denoiser_sampling_reproduces_data(normalizer, data, method, n_st
         generator=generator, dtype=torch.float64, progress=False,
     )
     assert torch.allclose(samples, data, rtol=0, atol=1e-11)
+
+
+def test_sampler_reports_each_estimate_and_the_last_is_the_sample(normalizer, data):
+    recorded = []
+    denoiser = TinyDenoiser()
+    samples = sample(
+        denoiser, CosineSchedule(), normalizer, tuple(data.shape), method="ddim", n_steps=10,
+        generator=torch.Generator().manual_seed(3), dtype=torch.float64, progress=False,
+        on_step=lambda t, x0_hat: recorded.append((t, x0_hat)),
+    )
+    times = [t for t, _ in recorded]
+    assert len(times) == 10 and times == sorted(times, reverse=True) and times[0] == 99
+    assert torch.equal(recorded[-1][1], samples)  # deterministic DDIM ends on its last estimate (physical units)
+    assert not torch.allclose(recorded[0][1], samples)
+
+
+def test_noised_data_estimates_share_one_noise_draw(normalizer, data):
+    schedule = CosineSchedule()
+    identity = VPredictionDenoiser(FixedDenoiser(torch.zeros_like(data)), schedule)  # x0_hat = sqrt(abar) x_t
+    estimates = noised_data_estimates(identity, schedule, normalizer, data, [0, 40, 99],
+                                      generator=torch.Generator().manual_seed(2))
+    assert sorted(estimates) == [0, 40, 99]
+    x0 = normalizer.normalize(data)
+    noises = []
+    for t, (x_t, x0_hat) in estimates.items():
+        abar = schedule.alpha_bar[t]
+        x_t = normalizer.normalize(x_t)
+        assert torch.allclose(normalizer.normalize(x0_hat), abar.sqrt() * x_t, atol=1e-12)
+        noises.append((x_t - abar.sqrt() * x0) / (1 - abar).sqrt())
+    assert all(torch.allclose(noise, noises[0], atol=1e-9) for noise in noises)
+    assert noises[0].std() == pytest.approx(1.0, abs=0.3)
 
 
 def test_sample_estimate_with_oracle_returns_x0(normalizer, data):

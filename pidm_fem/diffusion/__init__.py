@@ -7,6 +7,7 @@ normalised units; physics enters as differentiable callables on physical samples
 
 from __future__ import annotations
 
+from pidm_fem.diffusion.estimates import noised_data_estimates
 from pidm_fem.diffusion.guidance import CoCoGenCorrector, PhysicsGuidedConditioning, Residual
 from pidm_fem.diffusion.input_views import LinearViewInputs
 from pidm_fem.diffusion.losses import Functional, PIDMLoss
@@ -28,6 +29,7 @@ __all__ = [
     "PhysicsGuidedConditioning",
     "Residual",
     "VPredictionDenoiser",
+    "noised_data_estimates",
     "sample",
     "x0_denoiser",
 ]

@@ -10,6 +10,8 @@ returned in physical units.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from tqdm.auto import tqdm
 
@@ -58,6 +60,7 @@ def sample(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Draw a batch of samples from an x0-predicting denoiser.
 
@@ -96,6 +99,11 @@ def sample(
         Of the samples (and of the model's inputs).
     progress
         Show a tqdm progress bar.
+    on_step
+        Called as ``on_step(t, x0_hat)`` at every step with the step's timestep and the
+        denoiser's clean estimate in physical units (B, C, n), before any correction:
+        the trajectory of the estimates, whose last one is the sample when nothing
+        corrects it.
 
     Returns
     -------
@@ -113,6 +121,8 @@ def sample(
             x0_hat = model(x, t, cond=cond, scalars=scalars)
         else:
             x0_hat = guidance.predict(model, x, t, cond=cond, scalars=scalars)
+        if on_step is not None:
+            on_step(int(t[0]), normalizer.denormalize(x0_hat))
         stochastic = method == "ddpm" or eta > 0
         noise = gaussian_noise(x.shape, dtype=dtype, device=device, generator=generator) if stochastic else None
         if method == "ddpm":  # the step itself adds no noise at t = 0

@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -400,8 +400,38 @@ class DarcyExperiment:
         """Train (or resume training) up to ``training.steps``; the last checkpoint is ``run_dir/last.pt``."""
         return self.trainer().train()
 
+    def load_denoiser(self, checkpoint: str | os.PathLike | None = None) -> tuple[nn.Module, FieldNormalizer]:
+        """A checkpoint's EMA denoiser, in evaluation mode on ``training.device``, and its normaliser.
+
+        Parameters
+        ----------
+        checkpoint
+            Checkpoint file; ``run_dir/last.pt`` when None.
+
+        Raises
+        ------
+        CheckpointError
+            If the checkpoint is missing, from another mesh, or trained with another
+            ``model`` or ``diffusion`` configuration.
+        """
+        path = self.run_dir / LAST if checkpoint is None else Path(checkpoint)
+        state = load_checkpoint(path, self.fingerprint)
+        saved, ours = trained_configuration(state.config), trained_configuration(config_to_dict(self.config))
+        for section in ("model", "diffusion"):
+            if saved.get(section) != ours[section]:
+                raise CheckpointError(path, f"trained with another {section} configuration than this experiment's")
+        normalizer = FieldNormalizer.from_state_dict(state.extra[NORMALIZER_KEY], self.channel_maps())
+        model = self.build_model()
+        model.load_state_dict(state.ema["shadow"])
+        return model.to(torch.device(self.config.training.device)).eval(), normalizer
+
     def sample(
-        self, n_samples: int | None = None, *, seed: int = 0, checkpoint: str | os.PathLike | None = None
+        self,
+        n_samples: int | None = None,
+        *,
+        seed: int = 0,
+        checkpoint: str | os.PathLike | None = None,
+        on_step: Callable[[int, torch.Tensor], None] | None = None,
     ) -> np.ndarray:
         """Draw physical rows ``[p, K]`` from a checkpoint's EMA weights, per ``config.sampling``.
 
@@ -419,6 +449,9 @@ class DarcyExperiment:
             Seed of the sampling noise.
         checkpoint
             Checkpoint file; ``run_dir/last.pt`` when None.
+        on_step
+            Passed to :func:`~pidm_fem.diffusion.sample`: called with each step's
+            timestep and clean estimate (physical, one batch at a time).
 
         Returns
         -------
@@ -435,17 +468,8 @@ class DarcyExperiment:
         n_samples = settings.n_samples if n_samples is None else n_samples
         if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
-        path = self.run_dir / LAST if checkpoint is None else Path(checkpoint)
-        state = load_checkpoint(path, self.fingerprint)
-        saved, ours = trained_configuration(state.config), trained_configuration(config_to_dict(self.config))
-        for section in ("model", "diffusion"):
-            if saved.get(section) != ours[section]:
-                raise CheckpointError(path, f"trained with another {section} configuration than this experiment's")
-        normalizer = FieldNormalizer.from_state_dict(state.extra[NORMALIZER_KEY], self.channel_maps())
+        model, normalizer = self.load_denoiser(checkpoint)
         device = torch.device(self.config.training.device)
-        model = self.build_model()
-        model.load_state_dict(state.ema["shadow"])
-        model.to(device).eval()
 
         corrector = guidance = None
         if settings.cocogen_during or settings.cocogen_after:
@@ -479,6 +503,7 @@ class DarcyExperiment:
                 dtype=DTYPE,
                 device=device,
                 progress=self.progress,
+                on_step=on_step,
             )
             for start in range(0, n_samples, batch)
         ]
