@@ -111,6 +111,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the residual vector the physics terms see (PIDM loss, guidance, CoCoGen): nodal "
                              "strong form, weak vector, or the strong form through the inverse unit Laplacian; "
                              "the evaluation always reports the strong form")
+    parser.add_argument("--sample-steps", type=int, default=None,
+                        help="network evaluations along PIDM-sample's differentiable DDIM chain")
     parser.add_argument("--residual-gradient", choices=("all", "state"), default=None,
                         help="differentiate PIDM's residual with respect to all fields or the pressure only")
     parser.add_argument("--cocogen-gradient", choices=("all", "state"), default=COCOGEN["cocogen_gradient"],
@@ -139,6 +141,7 @@ OVERRIDES = {
     "physics_t_fraction": ("diffusion", "physics_t_fraction"),
     "residual": ("diffusion", "residual"),
     "residual_gradient": ("diffusion", "residual_gradient"),
+    "sample_steps": ("diffusion", "sample_steps"),
 }
 
 

@@ -82,6 +82,22 @@ def test_sampling_trajectory_without_runs_is_a_one_line_error(tmp_path):
         f"sampling_trajectory: error: {tmp_path / 'runs'}: no trained run of ddpm, pidm_mean, pidm_sample"]
 
 
+def test_every_override_option_reaches_its_configuration_key():
+    from darcy_mesh import OVERRIDES, base_config, parse_args
+
+    values = {"width": "24", "field_views": None, "c_residual": "0.5", "representation": "nodal", "prediction": "x0",
+              "physics_t_fraction": "0.25", "residual": "weak", "residual_gradient": "all", "sample_steps": "3"}
+    assert set(values) == set(OVERRIDES)
+    argv = ["--quick"]
+    for option, value in values.items():
+        argv += [f"--{option.replace('_', '-')}"] + ([] if value is None else [value])
+    config = base_config(parse_args(argv))
+    for option, (section, key) in OVERRIDES.items():
+        expected = True if values[option] is None else type(config[section][key])(values[option])
+        assert config[section][key] == expected, option
+    assert config != base_config(parse_args(["--quick"]))
+
+
 def test_balanced_groups_split_the_trained_methods_by_cost():
     from darcy_methods import balanced_groups
 
