@@ -71,9 +71,10 @@ def trace(experiment, n_samples: int, every: int) -> dict[str, dict[int, dict[st
     steps = sorted(recorded, reverse=True)
     chosen = sorted(set(steps[::every]) | {steps[-1]}, reverse=True)
     model, normalizer = experiment.load_denoiser()
-    test = experiment.node_tensor(experiment.dataset().test[:n_samples])
+    device = next(model.parameters()).device
+    test = experiment.node_tensor(experiment.dataset().test[:n_samples]).to(device)
     noised = noised_data_estimates(model, experiment.schedule, normalizer, test, chosen,
-                                   generator=torch.Generator().manual_seed(3))
+                                   generator=torch.Generator(device).manual_seed(3))
     return {
         "sampling_estimate": {t: scores(experiment, torch.cat(recorded[t])) for t in chosen},
         "noised_data_estimate": {t: scores(experiment, noised[t][1]) for t in chosen},
