@@ -115,6 +115,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="network evaluations along PIDM-sample's differentiable DDIM chain")
     parser.add_argument("--residual-gradient", choices=("all", "state"), default=None,
                         help="differentiate PIDM's residual with respect to all fields or the pressure only")
+    parser.add_argument("--sampler", choices=("ddpm", "ddim"), default=None,
+                        help="override the sampler (ancestral DDPM visits all T steps; DDIM --ddim-steps of them)")
+    parser.add_argument("--ddim-steps", type=int, default=None, help="override the number of DDIM steps")
+    parser.add_argument("--eta", type=float, default=None,
+                        help="override DDIM's stochasticity (0 deterministic, 1 the ancestral sampler's variance)")
     parser.add_argument("--cocogen-gradient", choices=("all", "state"), default=COCOGEN["cocogen_gradient"],
                         help="CoCoGen corrections change all fields or the pressure only")
     parser.add_argument("--cocogen-step", type=float, default=COCOGEN["cocogen_step"],
@@ -142,6 +147,9 @@ OVERRIDES = {
     "residual": ("diffusion", "residual"),
     "residual_gradient": ("diffusion", "residual_gradient"),
     "sample_steps": ("diffusion", "sample_steps"),
+    "sampler": ("sampling", "sampler"),
+    "ddim_steps": ("sampling", "ddim_steps"),
+    "eta": ("sampling", "eta"),
 }
 
 

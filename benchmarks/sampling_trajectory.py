@@ -43,6 +43,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="runs to trace (default: every one of them the folder holds)")
     parser.add_argument("--n-samples", type=int, default=32, help="samples and test fields per method")
     parser.add_argument("--every", type=int, default=5, help="score every k-th sampler step (and the last)")
+    parser.add_argument("--sampler", choices=("ddpm", "ddim"), default=None,
+                        help="trace this sampler instead of the run's own (as darcy_mesh.py --sampler)")
+    parser.add_argument("--ddim-steps", type=int, default=None, help="trace this many DDIM steps")
+    parser.add_argument("--eta", type=float, default=None, help="trace DDIM with this stochasticity")
     return parser.parse_args(argv)
 
 
@@ -85,6 +89,8 @@ def trace(experiment, n_samples: int, every: int) -> dict[str, dict[int, dict[st
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("PETSC_OPTIONS", "-options_left no")
+    import dataclasses
+
     import torch
     from darcy_mesh import MODES
 
@@ -92,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     from pidm_fem.evaluation import zero_channel
     from pidm_fem.experiments import DarcyExperiment
     from pidm_fem.mesh.builtin import MESH_DIR
-    from pidm_fem.training import CheckpointError, config_from_dict, load_checkpoint
+    from pidm_fem.training import CheckpointError, ConfigError, config_from_dict, load_checkpoint
     from pidm_fem.training.checkpoint import LAST
     from pidm_fem.viz import plot_trajectories
 
@@ -111,7 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = out / "runs" / method
         try:
             config = config_from_dict(load_checkpoint(run_dir / LAST).config, source=str(run_dir / LAST))
-        except CheckpointError as err:
+            sampling = {key: getattr(args, key) for key in ("sampler", "ddim_steps", "eta")
+                        if getattr(args, key) is not None}
+            config = dataclasses.replace(config, sampling=dataclasses.replace(config.sampling, **sampling))
+        except (CheckpointError, ConfigError) as err:
             print(f"sampling_trajectory: error: {err}", file=sys.stderr)
             return 2
         experiment = DarcyExperiment(config, mesh, data_dir=out / "data", run_dir=run_dir, progress=False)
