@@ -115,6 +115,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="network evaluations along PIDM-sample's differentiable DDIM chain")
     parser.add_argument("--residual-gradient", choices=("all", "state"), default=None,
                         help="differentiate PIDM's residual with respect to all fields or the pressure only")
+    parser.add_argument("--c-state", type=float, default=None,
+                        help="weight of PIDM's state misfit term (squared relative error of p against the "
+                             "pressure solved for the estimate's own K)")
+    parser.add_argument("--trajectory-every", type=int, default=None,
+                        help="PIDM's physics terms also act on states of the network's own DDIM trajectories, "
+                             "drawn afresh every this many steps (0: off)")
+    parser.add_argument("--trajectory-steps", type=int, default=None,
+                        help="network evaluations along those trajectories")
+    parser.add_argument("--trajectory-t-fraction", type=float, default=None,
+                        help="the trajectory states are taken at steps t < fraction * T")
     parser.add_argument("--sampler", choices=("ddpm", "ddim"), default=None,
                         help="override the sampler (ancestral DDPM visits all T steps; DDIM --ddim-steps of them)")
     parser.add_argument("--ddim-steps", type=int, default=None, help="override the number of DDIM steps")
@@ -147,6 +157,10 @@ OVERRIDES = {
     "residual": ("diffusion", "residual"),
     "residual_gradient": ("diffusion", "residual_gradient"),
     "sample_steps": ("diffusion", "sample_steps"),
+    "c_state": ("diffusion", "c_state"),
+    "trajectory_every": ("diffusion", "trajectory_every"),
+    "trajectory_steps": ("diffusion", "trajectory_steps"),
+    "trajectory_t_fraction": ("diffusion", "trajectory_t_fraction"),
     "sampler": ("sampling", "sampler"),
     "ddim_steps": ("sampling", "ddim_steps"),
     "eta": ("sampling", "eta"),

@@ -93,6 +93,24 @@ def test_solve_state_recovers_the_data_pressure_and_flags_a_non_positive_k(exper
     assert torch.isnan(solved[1]).all() and torch.isfinite(solved[[0, 2, 3]]).all()
 
 
+def test_state_misfit_is_the_relative_state_error_and_moves_the_pressure_only(experiment):
+    from pidm_fem.evaluation import relative_state_error
+
+    x = experiment.fields.to_nodes(torch.from_numpy(experiment.dataset().train))
+    assert float(experiment.state_misfit(x).abs().max()) < 1e-10  # the data obey their coupling
+    other = torch.stack([x[:, 0] + 3.0, x.roll(1, dims=0)[:, 1]], dim=1).requires_grad_(True)  # gauge shift ignored
+    misfit = experiment.state_misfit(other)
+    weights = experiment.problem.lumped_mass()
+    expected = relative_state_error(experiment.solve_state, other.detach() - torch.tensor([3.0, 0.0])[:, None],
+                                     0, weights)
+    np.testing.assert_allclose(misfit.pow(2).sum(dim=1).sqrt().detach().numpy(), expected, rtol=1e-10)
+    misfit.pow(2).sum().backward()
+    assert other.grad[:, 0].abs().sum() > 0 and other.grad[:, 1].abs().sum() == 0
+    bad = x.clone()
+    bad[1, 1, 0] = -1.0
+    assert torch.equal(experiment.state_misfit(bad)[1], torch.zeros(x.shape[2], dtype=x.dtype))
+
+
 def test_node_fields_refuse_other_layouts(experiment):
     p1 = experiment.problem.V
     p2 = DarcyProblem(p1.mesh(), degree=2).V
@@ -331,6 +349,26 @@ def test_resume_equals_uninterrupted_training_with_the_fem_residual(data_dir, tm
     straight, resumed = (load_checkpoint(tmp_path / name / "last.pt") for name in ("straight", "resumed"))
     for part in ("model", "ema", "optimizer"):
         _assert_identical(getattr(straight, part), getattr(resumed, part), part)
+
+
+def test_resume_with_trajectory_states_equals_uninterrupted_training(data_dir, tmp_path):
+    """Bit-for-bit: the trajectory batch drawn at step 4 and used at steps 5 and 6 comes back from the checkpoint."""
+    def run(run_dir, steps):
+        config = small_config(
+            model={"width": 8},
+            diffusion={"c_state": 1.0, "trajectory_every": 3, "trajectory_steps": 4, "trajectory_t_fraction": 0.6},
+            training={"steps": steps, "batch_size": 2, "checkpoint_every": 4},
+        )
+        return DarcyExperiment(config, COARSE_MESH, data_dir=data_dir, run_dir=run_dir, progress=False).train()
+
+    summary = run(tmp_path / "straight", 6)
+    assert summary.components["state"] > 0
+    run(tmp_path / "resumed", 4)
+    assert run(tmp_path / "resumed", 6).first_step == 4
+    straight, resumed = (load_checkpoint(tmp_path / name / "last.pt") for name in ("straight", "resumed"))
+    for part in ("model", "ema", "optimizer", "extra"):
+        _assert_identical(getattr(straight, part), getattr(resumed, part), part)
+    assert straight.extra["state.trajectory"]["calls"] == 6
 
 
 def _assert_identical(a, b, where):

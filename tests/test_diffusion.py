@@ -21,6 +21,7 @@ from pidm_fem.diffusion.normalization import FieldNormalizer, LinearChannelMap, 
 from pidm_fem.diffusion.parameterization import VPredictionDenoiser, x0_denoiser
 from pidm_fem.diffusion.samplers import sample
 from pidm_fem.diffusion.schedule import CosineSchedule
+from pidm_fem.diffusion.trajectory_states import TrajectoryStates
 
 C, N = 2, 5  # fields and nodes of the toy samples
 
@@ -292,6 +293,89 @@ def test_constraint_and_objective_terms_match_hand_values(normalizer, data):
     assert parts["constraints"] == pytest.approx(expected_constraints.item(), rel=1e-10)
     assert parts["objective"] == pytest.approx(0.3 * objective(x).mean().item(), rel=1e-12)
     assert parts["total"] == pytest.approx(parts["data"] + parts["constraints"] + parts["objective"], rel=1e-12)
+
+
+def test_trajectory_states_lie_on_the_ddim_chain_and_are_kept_every_steps(normalizer, data):
+    torch.manual_seed(0)
+    model = TinyDenoiser()
+    schedule = CosineSchedule()
+    states = TrajectoryStates(schedule, every=3, n_steps=10, max_t=50)
+    # the chain by hand: x from the same noise, DDIM steps 99, 89, ..., 9 -> -1
+    generator = torch.Generator().manual_seed(5)
+    x_t, t = states.draw(model, tuple(data.shape), dtype=torch.float64, device="cpu", generator=generator)
+    x = torch.randn(data.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    visited = {}
+    with torch.no_grad():
+        for k in range(10):
+            now, prev = torch.full((4,), 99 - 10 * k), torch.full((4,), 89 - 10 * k)
+            visited[99 - 10 * k] = x
+            x = schedule.ddim_step(model(x, now), x, now, prev)
+    assert set(t.tolist()) <= {49, 39, 29, 19, 9}
+    for b in range(4):
+        assert torch.equal(x_t[b], visited[int(t[b])][b])
+    assert not x_t.requires_grad
+
+    # next(): drawn on the first call, kept for `every` calls, then drawn afresh; a restored state repeats the draws
+    draws = [states.next(model, tuple(data.shape), dtype=torch.float64, device="cpu", generator=generator)
+             for _ in range(4)]
+    assert all(torch.equal(draws[0][0], draw[0]) for draw in draws[1:3]) and not torch.equal(draws[0][0], draws[3][0])
+    saved, generator_state = states.state_dict(), generator.get_state()
+    later = [states.next(model, tuple(data.shape), dtype=torch.float64, device="cpu", generator=generator)[0]
+             for _ in range(3)]
+    restored = TrajectoryStates(schedule, every=3, n_steps=10, max_t=50)
+    restored.load_state_dict(saved)
+    generator.set_state(generator_state)
+    again = [restored.next(model, tuple(data.shape), dtype=torch.float64, device="cpu", generator=generator)[0]
+             for _ in range(3)]
+    assert all(torch.equal(a, b) for a, b in zip(later, again)) and not torch.equal(later[1], later[2])
+    with pytest.raises(ValueError, match="keeps none"):
+        TrajectoryStates(schedule, every=3, n_steps=10, max_t=5)
+    with pytest.raises(ValueError, match="every"):
+        TrajectoryStates(schedule, every=0, n_steps=10)
+
+
+def test_trajectory_physics_acts_in_training_only_and_reaches_the_parameters(normalizer, data):
+    torch.manual_seed(0)
+    model = TinyDenoiser()
+    residual = LinearResidual()
+    t = torch.tensor([0, 10, 40, 80])
+
+    def loss_with(trajectory):
+        return PIDMLoss(CosineSchedule(), normalizer, residual=residual, c_residual=1.0, trajectory=trajectory)
+
+    plain = loss_with(None)(model, data, generator=torch.Generator().manual_seed(0), t=t)[1]
+    traced = loss_with(TrajectoryStates(CosineSchedule(), every=2, n_steps=10, max_t=50))
+    total, parts = traced(model, data, generator=torch.Generator().manual_seed(0), t=t)
+    assert parts["data"] == plain["data"] and parts["residual"] > plain["residual"]
+    # the added term is the residual of the network's estimates of the drawn states, at their own t
+    x_t, t_states = traced.trajectory.x_t, traced.trajectory.t
+    with torch.no_grad():
+        r = residual(normalizer.denormalize(model(x_t, t_states)))
+    variance = torch.tensor([hand_posterior_variance(k, 100) for k in t_states.tolist()], dtype=torch.float64)
+    added = (r**2 / (2 * variance[:, None])).mean().item()
+    assert parts["residual"] == pytest.approx(plain["residual"] + added, rel=1e-10)
+    model.zero_grad()
+    total.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+    model.eval()  # validation: no trajectory states
+    assert traced(model, data, generator=torch.Generator().manual_seed(0), t=t)[1]["residual"] == plain["residual"]
+    with pytest.raises(ValueError, match="physics-guided"):
+        PIDMLoss(CosineSchedule(), normalizer, residual=residual, trajectory=traced.trajectory,
+                 conditioning=PhysicsGuidedConditioning(residual, normalizer))
+
+
+def test_state_misfit_term_is_the_weighted_mean_sum_of_squares(normalizer, data):
+    output = torch.randn(4, C, N, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+
+    def misfit(x):
+        return x[:, 0] - x[:, 1]
+
+    loss = PIDMLoss(CosineSchedule(), normalizer, c_residual=0.0, state_misfit=misfit, c_state=0.7, physics_max_t=38)
+    _, parts = loss(FixedDenoiser(output), data, t=torch.tensor([0, 1, 37, 99]))
+    squares = misfit(normalizer.denormalize(output)).pow(2).sum(dim=1)
+    assert parts["state"] == pytest.approx(0.7 * squares[:3].sum().item() / 4, rel=1e-12)
+    with pytest.raises(ValueError, match="state_misfit"):
+        PIDMLoss(CosineSchedule(), normalizer, c_residual=0.0, c_state=1.0)
 
 
 def test_cocogen_corrections_reduce_a_linear_residual(normalizer, data):

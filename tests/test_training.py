@@ -433,3 +433,34 @@ def test_trainer_rejects_bad_data(tmp_path):
     bad = {"x": torch.zeros(6, 4), "y": torch.zeros(5, 1)}
     with pytest.raises(ValueError, match="same number of rows"):
         Trainer(_model(), _toy_loss, bad, _config(2), tmp_path)
+
+
+class _Counter:
+    """Training state outside the model: counts the steps it saw."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def state_dict(self) -> dict:
+        return {"count": self.count}
+
+    def load_state_dict(self, state) -> None:
+        self.count = state["count"]
+
+
+def test_trainer_state_is_checkpointed_and_required_on_resume(tmp_path):
+    def train(run_dir, steps, state):
+        def loss(model, batch, generator):
+            state.get("counter", _Counter()).count += 1
+            return _toy_loss(model, batch, generator)
+
+        return Trainer(_model(), loss, _data(12, seed=1), _config(steps), run_dir, state=state, progress=False)
+
+    counter = _Counter()
+    train(tmp_path / "run", 4, {"counter": counter}).train()
+    assert load_checkpoint(tmp_path / "run" / "last.pt").extra["state.counter"] == {"count": 4}
+    restored = _Counter()
+    assert train(tmp_path / "run", 6, {"counter": restored}).step == 4 and restored.count == 4
+    train(tmp_path / "plain", 2, {}).train()
+    with pytest.raises(CheckpointError, match="holds no training state 'counter'"):
+        train(tmp_path / "plain", 4, {"counter": _Counter()})

@@ -7,13 +7,19 @@ units, asks the denoiser for x0_hat and adds
 - the residual term ``c_residual * mean(r^2 / (2 sigma_t^2))``, ``r = residual(x0_est)``;
 - equality constraints ``c_eq * mean(g^2 / (2 sigma_t^2))``;
 - inequality constraints ``c_ineq * mean(max(g, 0)^2 / (2 sigma_t^2))``;
-- an objective ``lambda_opt * mean(J)`` (an exponential prior on J),
+- an objective ``lambda_opt * mean(J)`` (an exponential prior on J);
+- a state misfit ``c_state * mean_b(sum(m^2))``, ``m = state_misfit(x0_est)`` (e.g. the
+  state against the one solved for the estimate's own coefficients, relative: the
+  sum of squares is the squared relative state error),
 
 where sigma_t^2 is the schedule's posterior variance of each sample's t and x0_est
 (in physical units) is the network output ("mean") or the end of a differentiable
 DDIM chain from x_t ("sample"). The physics only ever sees physical values; it may be
 restricted to low noise (``physics_max_t``) and kept from differentiating chosen
-channels (``frozen_channels``: the coefficient fields of a PDE).
+channels (``frozen_channels``: the coefficient fields of a PDE). With ``trajectory``
+the physics terms also see the network's estimates of states of its own sampling
+trajectories (:class:`~pidm_fem.diffusion.trajectory_states.TrajectoryStates`), the
+inputs it meets when sampling and the data loss never shows it.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import torch
 from pidm_fem.diffusion.guidance import PhysicsGuidedConditioning, Residual, detach_channels
 from pidm_fem.diffusion.normalization import FieldNormalizer
 from pidm_fem.diffusion.schedule import CosineSchedule, gaussian_noise
+from pidm_fem.diffusion.trajectory_states import TrajectoryStates
 
 Functional = Callable[[torch.Tensor], torch.Tensor]
 """A differentiable map from physical samples (B, C, n) to values (B,) or (B, k)."""
@@ -100,6 +107,15 @@ class PIDMLoss:
         reach the network through the data loss only. Freezing the coefficient fields
         (K of Darcy) differentiates the residual with respect to the state alone, the
         direction in which the forward problem is well posed.
+    state_misfit
+        Misfit m(x0_est) of the state against the physics, (B, C, n) -> (B, k), weighted
+        by ``c_state``; skipped when None or weight 0.
+    trajectory
+        States of the network's own DDIM trajectories: in training (``model.training``)
+        the physics terms also act on the network's estimates of one batch of them per
+        call (weighted with the posterior variance of their own t, and not restricted
+        by ``physics_max_t``: the trajectory has its own ``max_t``). Needs a problem
+        without condition fields, scalars or physics-guided conditioning.
     """
 
     schedule: CosineSchedule
@@ -119,9 +135,12 @@ class PIDMLoss:
     conditioning: PhysicsGuidedConditioning | None = None
     physics_max_t: int | None = None
     frozen_channels: tuple[int, ...] = ()
+    state_misfit: Functional | None = None
+    c_state: float = 0.0
+    trajectory: TrajectoryStates | None = None
 
     def __post_init__(self) -> None:
-        for name in ("c_data", "c_residual", "c_eq", "c_ineq", "lambda_opt", "snr_gamma"):
+        for name in ("c_data", "c_residual", "c_eq", "c_ineq", "lambda_opt", "snr_gamma", "c_state"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and value >= 0 and value != float("inf")):
                 raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
@@ -133,6 +152,10 @@ class PIDMLoss:
             raise ValueError(f"physics_max_t must lie in [1, T = {self.schedule.T}], got {self.physics_max_t!r}")
         if self.c_residual > 0 and self.residual is None:
             raise ValueError("c_residual > 0 needs a residual callable")
+        if self.c_state > 0 and self.state_misfit is None:
+            raise ValueError("c_state > 0 needs a state_misfit callable")
+        if self.trajectory is not None and self.conditioning is not None:
+            raise ValueError("trajectory states cannot be combined with physics-guided conditioning")
 
     def _physics_terms(self) -> list[tuple[str, Functional, float, str]]:
         """(component, functional, weight, kind) of every active physics term."""
@@ -141,6 +164,7 @@ class PIDMLoss:
             ("constraints", self.equality, self.c_eq, "equality"),
             ("constraints", self.inequality, self.c_ineq, "inequality"),
             ("objective", self.objective, self.lambda_opt, "objective"),
+            ("state", self.state_misfit, self.c_state, "state"),
         ]
         return [term for term in terms if term[1] is not None and term[2] > 0]
 
@@ -159,6 +183,35 @@ class PIDMLoss:
                 x0_hat = denoise(x, times[k])
             x = self.schedule.ddim_step(x0_hat, x, times[k], times[k + 1])
         return x
+
+    def _add_physics(
+        self,
+        values: dict[str, torch.Tensor],
+        terms: list[tuple[str, Functional, float, str]],
+        x0_est: torch.Tensor,
+        t: torch.Tensor,
+        active: torch.Tensor | None,
+    ) -> None:
+        """Add the physics terms of estimates ``x0_est`` (normalised) at steps ``t`` to ``values``.
+
+        ``active`` (B,) bool masks the samples that count (the others count as zero in the
+        batch means); all count when None.
+        """
+        batch = x0_est.shape[0]
+        x_phys = self.normalizer.denormalize(detach_channels(x0_est, self.frozen_channels))
+        variance = self.schedule.posterior_variance.to(x_phys.device)[t].to(x_phys.dtype)
+        mask = None if active is None else active.to(x_phys.dtype)
+        for component, functional, weight_c, kind in terms:
+            g = _rows(functional(x_phys), batch, component)
+            if kind == "objective":
+                term = weight_c * (g if mask is None else g * mask.unsqueeze(1)).mean()
+            elif kind == "state":
+                squares = g.pow(2).sum(dim=1)
+                term = weight_c * (squares if mask is None else squares * mask).mean()
+            else:
+                g = g.clamp(min=0) if kind == "inequality" else g
+                term = weight_c * virtual_likelihood(g, variance, mask)
+            values[component] = values[component] + term
 
     def __call__(
         self,
@@ -189,8 +242,8 @@ class PIDMLoss:
         total : torch.Tensor
             Scalar loss, differentiable with respect to the model's parameters.
         components : dict[str, float]
-            Detached values of the "data", "residual", "constraints" and "objective"
-            terms (weights included; 0 when absent) and their sum "total".
+            Detached values of the "data", "residual", "constraints", "objective" and
+            "state" terms (weights included; 0 when absent) and their sum "total".
         """
         if not isinstance(x0, torch.Tensor) or x0.ndim != 3:
             raise ValueError("PIDMLoss needs clean samples of shape (B, C, n)")
@@ -217,22 +270,21 @@ class PIDMLoss:
         weight = self.schedule.min_snr_weight(t, self.snr_gamma).to(per_sample.dtype)
         data = self.c_data * (weight * per_sample).mean()
         zero = data.new_zeros(())
-        values = {"data": data, "residual": zero, "constraints": zero, "objective": zero}
+        values = {"data": data, "residual": zero, "constraints": zero, "objective": zero, "state": zero}
 
         terms = self._physics_terms()
         if terms:
             x0_est = x0_hat if self.x0_estimate == "mean" else self._sample_estimate(denoise, x_t, t, x0_hat)
-            x_phys = self.normalizer.denormalize(detach_channels(x0_est, self.frozen_channels))
-            variance = self.schedule.posterior_variance.to(x_phys.device)[t].to(x_phys.dtype)
-            active = None if self.physics_max_t is None else (t < self.physics_max_t).to(x_phys.dtype)
-            for component, functional, weight_c, kind in terms:
-                g = _rows(functional(x_phys), batch, component)
-                if kind == "objective":
-                    term = weight_c * (g if active is None else g * active.unsqueeze(1)).mean()
-                else:
-                    g = g.clamp(min=0) if kind == "inequality" else g
-                    term = weight_c * virtual_likelihood(g, variance, active)
-                values[component] = values[component] + term
+            active = None if self.physics_max_t is None else (t < self.physics_max_t)
+            self._add_physics(values, terms, x0_est, t, active)
+            if self.trajectory is not None and model.training:
+                if cond is not None or scalars is not None:
+                    raise ValueError("trajectory states need a problem without condition fields or scalars")
+                shape = (batch, *x0_norm.shape[1:])
+                states, times = self.trajectory.next(
+                    denoise, shape, dtype=x0_norm.dtype, device=x0_norm.device, generator=generator
+                )
+                self._add_physics(values, terms, denoise(states, times), times, None)
 
         total = sum(values.values())
         components = {name: float(value.detach()) for name, value in values.items()}

@@ -44,6 +44,7 @@ from pidm_fem.diffusion import (
     CoCoGenCorrector,
     CosineSchedule,
     FieldNormalizer,
+    Functional,
     LinearChannelMap,
     LinearViewInputs,
     LogChannelMap,
@@ -53,6 +54,7 @@ from pidm_fem.diffusion import (
     sample,
     x0_denoiser,
 )
+from pidm_fem.diffusion.trajectory_states import TrajectoryStates
 from pidm_fem.experiments.denoisers import build_denoiser
 from pidm_fem.experiments.node_fields import NodeFields
 from pidm_fem.mesh import default_mesh_path
@@ -84,6 +86,7 @@ def diffusion_loss(
     normalizer: FieldNormalizer,
     residual: Residual,
     *,
+    state_misfit: Functional | None = None,
     coefficient_channels: tuple[int, ...] = (),
     training: bool = True,
 ) -> PIDMLoss:
@@ -94,7 +97,10 @@ def diffusion_loss(
       ``x0_estimation`` (and ``sample_steps`` for "sample"); with
       ``residual_gradient: state`` the residual is not differentiated with respect to
       the ``coefficient_channels``; with ``physics_t_fraction`` below 1 it acts on the
-      steps ``t < physics_t_fraction * T`` only.
+      steps ``t < physics_t_fraction * T`` only. ``c_state`` > 0 adds the state misfit
+      term; ``trajectory_every`` > 0 (when ``training``) lets the physics terms also act
+      on states of the network's own ``trajectory_steps``-step DDIM trajectories at
+      ``t < trajectory_t_fraction * T``, drawn afresh every ``trajectory_every`` steps.
     * ``physics_guided``: the data loss of a denoiser that receives the residual
       gradient of x_t as C extra condition channels, dropped with probability
       ``cond_dropout`` when ``training``.
@@ -109,6 +115,8 @@ def diffusion_loss(
         The normaliser of the training data.
     residual
         Differentiable residual on physical samples, (B, C, n) -> (B, M).
+    state_misfit
+        Misfit of the state on physical samples, (B, C, n) -> (B, k); needed when ``c_state`` > 0.
     coefficient_channels
         Channels of the problem's coefficient fields (the data of the PDE, not its state).
     training
@@ -126,6 +134,11 @@ def diffusion_loss(
                 f"must be 0, got {getattr(config, key)}"
             )
     pidm = config.method == "pidm"
+    trajectory = None
+    if pidm and training and config.trajectory_every > 0:
+        trajectory = TrajectoryStates(
+            schedule, config.trajectory_every, config.trajectory_steps, _max_t(config.trajectory_t_fraction, config.T)
+        )
     conditioning = None
     if config.method == "physics_guided":
         conditioning = PhysicsGuidedConditioning(residual, normalizer, dropout=config.cond_dropout if training else 0.0)
@@ -139,9 +152,17 @@ def diffusion_loss(
         sample_steps=config.sample_steps,
         snr_gamma=config.min_snr_gamma,
         conditioning=conditioning,
-        physics_max_t=None if config.physics_t_fraction == 1 else max(1, round(config.physics_t_fraction * config.T)),
+        physics_max_t=None if config.physics_t_fraction == 1 else _max_t(config.physics_t_fraction, config.T),
         frozen_channels=coefficient_channels if config.residual_gradient == "state" else (),
+        state_misfit=state_misfit if pidm else None,
+        c_state=config.c_state if pidm else 0.0,
+        trajectory=trajectory,
     )
+
+
+def _max_t(fraction: float, T: int) -> int:
+    """The first step at which a fraction of the steps ends: ``round(fraction * T)``, at least 1."""
+    return max(1, round(fraction * T))
 
 
 @dataclass(frozen=True)
@@ -254,6 +275,23 @@ class DarcyExperiment:
             if np.all(np.isfinite(K)) and K.min() > 0:
                 solved[i] = self.problem.solve(K).dat.data_ro
         return torch.from_numpy(solved)
+
+    def state_misfit(self, x: torch.Tensor) -> torch.Tensor:
+        """Relative misfit of each sample's pressure against the one solved for its own K: (B, n).
+
+        ``m = sqrt(w) (p - mean_w(p) - S(K)) / ||S(K)||_w`` with the lumped mass ``w``, so
+        that ``sum(m^2)`` is the squared relative state error the evaluation reports.
+        Differentiable with respect to p; S(K) is a constant (K is the sample's
+        coefficient). A sample without a finite positive K has a zero misfit.
+        """
+        p = x[:, self.fields.channel("p")]
+        weights = torch.as_tensor(self.problem.lumped_mass(), dtype=p.dtype, device=p.device)
+        solved = self.solve_state(x).to(dtype=p.dtype, device=p.device)
+        valid = torch.isfinite(solved).all(dim=1, keepdim=True)
+        solved = torch.where(valid, solved, torch.zeros_like(solved))
+        norm = (weights * solved.pow(2)).sum(dim=1, keepdim=True).sqrt().clamp(min=torch.finfo(p.dtype).tiny)
+        gauged = p - (p * weights).sum(dim=1, keepdim=True) / weights.sum()
+        return torch.where(valid, weights.sqrt() * (gauged - solved) / norm, torch.zeros_like(p))
 
     @property
     def n_rows(self) -> int:
@@ -373,6 +411,7 @@ class DarcyExperiment:
                 self.schedule,
                 normalizer,
                 self.residual,
+                state_misfit=self.state_misfit,
                 coefficient_channels=self.coefficient_channels(),
                 training=training,
             )
@@ -393,6 +432,7 @@ class DarcyExperiment:
             val_data=val_data,
             mesh_fingerprint=self.fingerprint,
             extra={NORMALIZER_KEY: normalizer.state_dict()},
+            state={} if train_loss.trajectory is None else {"trajectory": train_loss.trajectory},
             progress=self.progress,
         )
 

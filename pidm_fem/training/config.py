@@ -72,6 +72,10 @@ def _in_interval(low: float, high: float, closed_high: bool) -> _Check:
     return check
 
 
+def _fraction(value: float) -> str | None:
+    return None if 0 < value <= 1 else f"must be in (0, 1], got {value}"
+
+
 def _torch_device(value: str) -> str | None:
     try:
         torch.device(value)
@@ -140,12 +144,16 @@ class DiffusionConfig(_Section):
     residual: Literal["strong", "weak", "preconditioned"] = _key("strong")
     representation: Literal["nodal", "elliptic"] = _key("nodal")
     residual_gradient: Literal["all", "state"] = _key("all")
-    physics_t_fraction: float = _key(1.0, lambda v: None if 0 < v <= 1 else f"must be in (0, 1], got {v}")
+    physics_t_fraction: float = _key(1.0, _fraction)
     prediction: Literal["x0", "v"] = _key("x0")
     x0_estimation: Literal["mean", "sample"] = _key("mean")
     sample_steps: int = _key(4, _at_least(1))
     min_snr_gamma: float = _key(5.0, _above(0))
     cond_dropout: float = _key(0.1, _in_interval(0, 1, closed_high=False))
+    c_state: float = _key(0.0, _at_least(0))
+    trajectory_every: int = _key(0, _at_least(0))
+    trajectory_steps: int = _key(10, _at_least(1))
+    trajectory_t_fraction: float = _key(0.5, _fraction)
     c_eq: float = _key(0.0, _at_least(0))
     c_ineq: float = _key(0.0, _at_least(0))
     lambda_opt: float = _key(0.0, _at_least(0))
@@ -205,6 +213,7 @@ class RunConfig:
         T = self.diffusion.T
         for key, value in (
             ("diffusion.sample_steps", self.diffusion.sample_steps),
+            ("diffusion.trajectory_steps", self.diffusion.trajectory_steps),
             ("sampling.ddim_steps", self.sampling.ddim_steps),
             ("sampling.cocogen_during", self.sampling.cocogen_during),
         ):
@@ -310,11 +319,14 @@ def config_to_dict(config: RunConfig) -> dict[str, dict[str, Any]]:
     return dataclasses.asdict(config)
 
 
+#: diffusion keys of PIDM's state misfit and trajectory states
+_TRAJECTORY_KEYS = ("c_state", "trajectory_every", "trajectory_steps", "trajectory_t_fraction")
 #: diffusion keys that a method's loss never reads: its trained weights do not depend on them
 _KEYS_UNREAD_IN_TRAINING = {
     "ddpm": ("c_residual", "residual", "residual_gradient", "physics_t_fraction", "x0_estimation", "sample_steps",
-             "cond_dropout"),
-    "physics_guided": ("c_residual", "residual_gradient", "physics_t_fraction", "x0_estimation", "sample_steps"),
+             "cond_dropout", *_TRAJECTORY_KEYS),
+    "physics_guided": ("c_residual", "residual_gradient", "physics_t_fraction", "x0_estimation", "sample_steps",
+                       *_TRAJECTORY_KEYS),
     "pidm": ("cond_dropout",),
 }
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import torch
 from torch import Tensor, nn
@@ -49,6 +49,7 @@ from pidm_fem.training.ema import EMA
 __all__ = [
     "LOG",
     "LossFn",
+    "Stateful",
     "EpochSampler",
     "StepRecord",
     "TrainingSummary",
@@ -57,6 +58,16 @@ __all__ = [
 ]
 
 LOG = "log.jsonl"
+#: prefix of the checkpoint ``extra`` keys that hold the trainer's ``state`` objects
+STATE_PREFIX = "state."
+
+
+class Stateful(Protocol):
+    """Training state outside the model and optimiser (e.g. a loss's cached batch), saved in checkpoints."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
 
 LossFn = Callable[[nn.Module, dict[str, Tensor], torch.Generator], tuple[Tensor, dict[str, float]]]
 
@@ -236,6 +247,10 @@ class Trainer:
         Fingerprint of the mesh the data live on, stored in and checked against checkpoints.
     extra
         Caller state stored in every checkpoint (e.g. normalisation statistics).
+    state
+        Further training state by name (e.g. the loss's), whose ``state_dict()`` every
+        checkpoint stores in ``extra["state.<name>"]`` and whose ``load_state_dict`` a
+        resume calls.
     callback
         Called after every step (after its logging, validation and checkpoint) with a :class:`StepRecord`.
     progress
@@ -262,6 +277,7 @@ class Trainer:
         val_data: Mapping[str, Tensor] | None = None,
         mesh_fingerprint: str = "",
         extra: Mapping[str, Any] | None = None,
+        state: Mapping[str, Stateful] | None = None,
         callback: Callable[[StepRecord], None] | None = None,
         progress: bool = True,
     ):
@@ -278,6 +294,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.mesh_fingerprint = mesh_fingerprint
         self.extra = dict(extra or {})
+        self.state = dict(state or {})
         self.callback = callback
         self.progress = progress
 
@@ -315,6 +332,10 @@ class Trainer:
         self.optimizer.load_state_dict(checkpoint.optimizer)
         self.sampler.load_state_dict(checkpoint.sampler)
         restore_rng_state(checkpoint.rng, self.generator)
+        for name, item in self.state.items():
+            if STATE_PREFIX + name not in checkpoint.extra:
+                raise CheckpointError(path, f"holds no training state {name!r}; use a new run folder")
+            item.load_state_dict(checkpoint.extra[STATE_PREFIX + name])
         self.step = self._saved_step = checkpoint.step
 
     def checkpoint(self) -> Checkpoint:
@@ -328,7 +349,7 @@ class Trainer:
             sampler=self.sampler.state_dict(),
             config=config_to_dict(self.config),
             mesh_fingerprint=self.mesh_fingerprint,
-            extra=self.extra,
+            extra={**self.extra, **{STATE_PREFIX + name: item.state_dict() for name, item in self.state.items()}},
         )
 
     def _diverged(self, step: int, what: str, components: Mapping[str, float]) -> TrainingDiverged:
