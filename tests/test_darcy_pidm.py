@@ -182,6 +182,15 @@ def test_diffusion_loss_methods(experiment):
         small_config(diffusion={"physics_t_fraction": 0.0})
     with pytest.raises(ConfigError, match="diffusion.c_eq"):
         diffusion_loss(small_config(diffusion={"c_eq": 1.0}).diffusion, experiment.schedule, normalizer, forbidden)
+    # trajectory states: training PIDM only, with the steps t < fraction * T of the chain (T = 20, 4 steps: 19, 14, 9, 4)
+    traced = small_config(diffusion={"trajectory_every": 5, "trajectory_steps": 4, "trajectory_t_fraction": 0.5})
+    for method, training, expected in (("pidm", True, 10), ("pidm", False, None), ("ddpm", True, None)):
+        diffusion = dataclasses.replace(traced.diffusion, method=method)
+        loss = diffusion_loss(diffusion, experiment.schedule, normalizer, experiment.residual, training=training)
+        assert (loss.trajectory and loss.trajectory.max_t) == expected
+    early = small_config(diffusion={"trajectory_every": 5, "trajectory_steps": 4, "trajectory_t_fraction": 0.1})
+    with pytest.raises(ConfigError, match="diffusion.trajectory_t_fraction: max_t = 2 keeps none"):
+        diffusion_loss(early.diffusion, experiment.schedule, normalizer, experiment.residual)
 
 
 @pytest.mark.parametrize("kind, x0_estimation", [("mesh", "mean"), ("unet", "mean"), ("mesh", "sample")])

@@ -51,10 +51,10 @@ from pidm_fem.diffusion import (
     PhysicsGuidedConditioning,
     PIDMLoss,
     Residual,
+    TrajectoryStates,
     sample,
     x0_denoiser,
 )
-from pidm_fem.diffusion.trajectory_states import TrajectoryStates
 from pidm_fem.experiments.denoisers import build_denoiser
 from pidm_fem.experiments.node_fields import NodeFields
 from pidm_fem.mesh import default_mesh_path
@@ -125,7 +125,8 @@ def diffusion_loss(
     Raises
     ------
     ConfigError
-        If ``c_eq``, ``c_ineq`` or ``lambda_opt`` is non-zero (the problem has no such functionals).
+        If ``c_eq``, ``c_ineq`` or ``lambda_opt`` is non-zero (the problem has no such functionals),
+        or if no step of the trajectories lies below ``trajectory_t_fraction * T``.
     """
     for key in ("c_eq", "c_ineq", "lambda_opt"):
         if getattr(config, key) != 0:
@@ -136,9 +137,12 @@ def diffusion_loss(
     pidm = config.method == "pidm"
     trajectory = None
     if pidm and training and config.trajectory_every > 0:
-        trajectory = TrajectoryStates(
-            schedule, config.trajectory_every, config.trajectory_steps, _max_t(config.trajectory_t_fraction, config.T)
-        )
+        try:
+            trajectory = TrajectoryStates(
+                schedule, config.trajectory_every, config.trajectory_steps, _max_t(config.trajectory_t_fraction, config.T)
+            )
+        except ValueError as err:
+            raise ConfigError(f"diffusion.trajectory_t_fraction: {err}") from None
     conditioning = None
     if config.method == "physics_guided":
         conditioning = PhysicsGuidedConditioning(residual, normalizer, dropout=config.cond_dropout if training else 0.0)
