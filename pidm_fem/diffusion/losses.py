@@ -112,8 +112,8 @@ class PIDMLoss:
         by ``c_state``; skipped when None or weight 0.
     trajectory
         States of the network's own DDIM trajectories: in training (``model.training``)
-        the physics terms also act on the network's estimates of one batch of them per
-        call (weighted with the posterior variance of their own t, and not restricted
+        the physics terms also act on the network's estimates x0_hat of one batch of them
+        per call, whatever ``x0_estimate`` (weighted with the posterior variance of their own t, and not restricted
         by ``physics_max_t``: the trajectory has its own ``max_t``). Needs a problem
         without condition fields, scalars or physics-guided conditioning.
     """
