@@ -165,7 +165,7 @@ def diffusion_loss(
 
 
 def _max_t(fraction: float, T: int) -> int:
-    """The first step at which a fraction of the steps ends: ``round(fraction * T)``, at least 1."""
+    """The bound ``round(fraction * T)`` (at least 1) of the steps ``t < bound`` that make up a fraction of T."""
     return max(1, round(fraction * T))
 
 

@@ -69,6 +69,7 @@ class Stateful(Protocol):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
 
+
 LossFn = Callable[[nn.Module, dict[str, Tensor], torch.Generator], tuple[Tensor, dict[str, float]]]
 
 # Keys that may change when a run is resumed: they do not change what is trained.
