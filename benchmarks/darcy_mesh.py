@@ -83,6 +83,19 @@ COCOGEN = {"cocogen_during": 5, "cocogen_step": 1e-3, "cocogen_line_search": Tru
 METHODS = ("ddpm", "pidm_mean", "pidm_sample", "physics_guided", "cocogen", "pidm_cocogen")
 
 
+#: sampling keys that the --sampler, --ddim-steps and --eta options override
+SAMPLER_OPTIONS = ("sampler", "ddim_steps", "eta")
+
+
+def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that override the run's sampler (here and in sampling_trajectory.py)."""
+    parser.add_argument("--sampler", choices=("ddpm", "ddim"), default=None,
+                        help="override the sampler (ancestral DDPM visits all T steps; DDIM --ddim-steps of them)")
+    parser.add_argument("--ddim-steps", type=int, default=None, help="override the number of DDIM steps")
+    parser.add_argument("--eta", type=float, default=None,
+                        help="override DDIM's stochasticity (0 deterministic, 1 the ancestral sampler's variance)")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group()
@@ -125,11 +138,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="network evaluations along those trajectories")
     parser.add_argument("--trajectory-t-fraction", type=float, default=None,
                         help="the trajectory states are taken at steps t < fraction * T")
-    parser.add_argument("--sampler", choices=("ddpm", "ddim"), default=None,
-                        help="override the sampler (ancestral DDPM visits all T steps; DDIM --ddim-steps of them)")
-    parser.add_argument("--ddim-steps", type=int, default=None, help="override the number of DDIM steps")
-    parser.add_argument("--eta", type=float, default=None,
-                        help="override DDIM's stochasticity (0 deterministic, 1 the ancestral sampler's variance)")
+    add_sampler_arguments(parser)
     parser.add_argument("--cocogen-gradient", choices=("all", "state"), default=COCOGEN["cocogen_gradient"],
                         help="CoCoGen corrections change all fields or the pressure only")
     parser.add_argument("--cocogen-step", type=float, default=COCOGEN["cocogen_step"],
@@ -161,9 +170,7 @@ OVERRIDES = {
     "trajectory_every": ("diffusion", "trajectory_every"),
     "trajectory_steps": ("diffusion", "trajectory_steps"),
     "trajectory_t_fraction": ("diffusion", "trajectory_t_fraction"),
-    "sampler": ("sampling", "sampler"),
-    "ddim_steps": ("sampling", "ddim_steps"),
-    "eta": ("sampling", "eta"),
+    **{option: ("sampling", option) for option in SAMPLER_OPTIONS},
 }
 
 

@@ -33,6 +33,8 @@ UNCONDITIONED = ("ddpm", "pidm_mean", "pidm_sample")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from darcy_mesh import add_sampler_arguments
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_const", dest="mode", const="quick", default="default",
                         help="the quick mode's default mesh")
@@ -43,10 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="runs to trace (default: every one of them the folder holds)")
     parser.add_argument("--n-samples", type=int, default=32, help="samples and test fields per method")
     parser.add_argument("--every", type=int, default=5, help="score every k-th sampler step (and the last)")
-    parser.add_argument("--sampler", choices=("ddpm", "ddim"), default=None,
-                        help="trace this sampler instead of the run's own (as darcy_mesh.py --sampler)")
-    parser.add_argument("--ddim-steps", type=int, default=None, help="trace this many DDIM steps")
-    parser.add_argument("--eta", type=float, default=None, help="trace DDIM with this stochasticity")
+    add_sampler_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -92,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     import dataclasses
 
     import torch
-    from darcy_mesh import MODES
+    from darcy_mesh import MODES, SAMPLER_OPTIONS
 
     from pidm_fem.atomic_files import atomic_directory, write_json
     from pidm_fem.evaluation import zero_channel
@@ -117,8 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = out / "runs" / method
         try:
             config = config_from_dict(load_checkpoint(run_dir / LAST).config, source=str(run_dir / LAST))
-            sampling = {key: getattr(args, key) for key in ("sampler", "ddim_steps", "eta")
-                        if getattr(args, key) is not None}
+            sampling = {key: getattr(args, key) for key in SAMPLER_OPTIONS if getattr(args, key) is not None}
             config = dataclasses.replace(config, sampling=dataclasses.replace(config.sampling, **sampling))
         except (CheckpointError, ConfigError) as err:
             print(f"sampling_trajectory: error: {err}", file=sys.stderr)
