@@ -131,6 +131,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--c-state", type=float, default=None,
                         help="weight of PIDM's state misfit term (squared relative error of p against the "
                              "pressure solved for the estimate's own K)")
+    parser.add_argument("--state-on", choices=("all", "trajectory"), default=None,
+                        help="the state misfit acts on every estimate or on the trajectory states' only")
     parser.add_argument("--trajectory-every", type=int, default=None,
                         help="PIDM's physics terms also act on states of the network's own DDIM trajectories, "
                              "drawn afresh every this many steps (0: off)")
@@ -167,6 +169,7 @@ OVERRIDES = {
     "residual_gradient": ("diffusion", "residual_gradient"),
     "sample_steps": ("diffusion", "sample_steps"),
     "c_state": ("diffusion", "c_state"),
+    "state_on": ("diffusion", "state_on"),
     "trajectory_every": ("diffusion", "trajectory_every"),
     "trajectory_steps": ("diffusion", "trajectory_steps"),
     "trajectory_t_fraction": ("diffusion", "trajectory_t_fraction"),

@@ -191,6 +191,14 @@ def test_diffusion_loss_methods(experiment):
     early = small_config(diffusion={"trajectory_every": 5, "trajectory_steps": 4, "trajectory_t_fraction": 0.1})
     with pytest.raises(ConfigError, match="diffusion.trajectory_t_fraction: max_t = 2 keeps none"):
         diffusion_loss(early.diffusion, experiment.schedule, normalizer, experiment.residual)
+    on_states = dataclasses.replace(traced.diffusion, c_state=1.0, state_on="trajectory")
+    loss = diffusion_loss(
+        on_states, experiment.schedule, normalizer, experiment.residual, state_misfit=experiment.state_misfit
+    )
+    assert loss.state_on == "trajectory" and loss.c_state == 1.0
+    with pytest.raises(ConfigError, match="diffusion.state_on: 'trajectory' needs trajectory states"):
+        diffusion_loss(dataclasses.replace(on_states, trajectory_every=0), experiment.schedule, normalizer,
+                       experiment.residual, state_misfit=experiment.state_misfit)
 
 
 @pytest.mark.parametrize("kind, x0_estimation", [("mesh", "mean"), ("unet", "mean"), ("mesh", "sample")])

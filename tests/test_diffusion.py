@@ -378,6 +378,34 @@ def test_state_misfit_term_is_the_weighted_mean_sum_of_squares(normalizer, data)
         PIDMLoss(CosineSchedule(), normalizer, c_residual=0.0, c_state=1.0)
 
 
+def test_state_misfit_on_trajectory_states_only(normalizer, data):
+    torch.manual_seed(0)
+    model = TinyDenoiser()
+    t = torch.tensor([0, 10, 40, 80])
+
+    def misfit(x):
+        return x[:, 0] - x[:, 1]
+
+    def loss_on(state_on, trajectory):
+        return PIDMLoss(CosineSchedule(), normalizer, residual=LinearResidual(), c_residual=1.0, state_misfit=misfit,
+                        c_state=0.5, state_on=state_on, trajectory=trajectory)
+
+    def parts(loss):
+        return loss(model, data, generator=torch.Generator().manual_seed(0), t=t)[1]
+
+    everywhere = parts(loss_on("all", TrajectoryStates(CosineSchedule(), every=2, n_steps=10, max_t=50)))
+    traced = loss_on("trajectory", TrajectoryStates(CosineSchedule(), every=2, n_steps=10, max_t=50))
+    only = parts(traced)
+    with torch.no_grad():
+        on_states = misfit(normalizer.denormalize(model(traced.trajectory.x_t, traced.trajectory.t)))
+    assert only["state"] == pytest.approx(0.5 * on_states.pow(2).sum(dim=1).mean().item(), rel=1e-12)
+    assert everywhere["state"] > only["state"] > 0 and only["residual"] == everywhere["residual"]
+    model.eval()  # validation: no trajectory states, so no state term
+    assert parts(traced)["state"] == 0 and parts(loss_on("trajectory", None))["state"] == 0
+    with pytest.raises(ValueError, match="state_on"):
+        loss_on("data", None)
+
+
 def test_cocogen_corrections_reduce_a_linear_residual(normalizer, data):
     residual = LinearResidual()
     std = normalizer.std.repeat_interleave(N)

@@ -10,7 +10,8 @@ units, asks the denoiser for x0_hat and adds
 - an objective ``lambda_opt * mean(J)`` (an exponential prior on J);
 - a state misfit ``c_state * mean_b(sum(m^2))``, ``m = state_misfit(x0_est)`` (e.g. the
   state against the one solved for the estimate's own coefficients, relative: the
-  sum of squares is the squared relative state error),
+  sum of squares is the squared relative state error), on every estimate or, with
+  ``state_on="trajectory"``, on the trajectory states' estimates only (below),
 
 where sigma_t^2 is the schedule's posterior variance of each sample's t and x0_est
 (in physical units) is the network output ("mean") or the end of a differentiable
@@ -38,6 +39,7 @@ Functional = Callable[[torch.Tensor], torch.Tensor]
 """A differentiable map from physical samples (B, C, n) to values (B,) or (B, k)."""
 
 X0_ESTIMATES = ("mean", "sample")
+STATE_ON = ("all", "trajectory")
 
 
 def _rows(values: torch.Tensor, batch: int, name: str) -> torch.Tensor:
@@ -110,6 +112,10 @@ class PIDMLoss:
     state_misfit
         Misfit m(x0_est) of the state against the physics, (B, C, n) -> (B, k), weighted
         by ``c_state``; skipped when None or weight 0.
+    state_on
+        The estimates the state misfit acts on: "all" (those of the noised data and of
+        the trajectory states) or "trajectory" (the trajectory states' only: none in
+        validation or without ``trajectory``).
     trajectory
         States of the network's own DDIM trajectories: in training (``model.training``)
         the physics terms also act on the network's estimates x0_hat of one batch of them
@@ -137,6 +143,7 @@ class PIDMLoss:
     frozen_channels: tuple[int, ...] = ()
     state_misfit: Functional | None = None
     c_state: float = 0.0
+    state_on: str = "all"
     trajectory: TrajectoryStates | None = None
 
     def __post_init__(self) -> None:
@@ -146,6 +153,8 @@ class PIDMLoss:
                 raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
         if self.x0_estimate not in X0_ESTIMATES:
             raise ValueError(f"x0_estimate must be one of {X0_ESTIMATES}, got {self.x0_estimate!r}")
+        if self.state_on not in STATE_ON:
+            raise ValueError(f"state_on must be one of {STATE_ON}, got {self.state_on!r}")
         if not isinstance(self.sample_steps, int) or isinstance(self.sample_steps, bool) or self.sample_steps < 1:
             raise ValueError(f"sample_steps must be a positive integer, got {self.sample_steps!r}")
         if self.physics_max_t is not None and not 1 <= self.physics_max_t <= self.schedule.T:
@@ -273,18 +282,19 @@ class PIDMLoss:
         values = {"data": data, "residual": zero, "constraints": zero, "objective": zero, "state": zero}
 
         terms = self._physics_terms()
-        if terms:
+        on_data = [term for term in terms if term[3] != "state" or self.state_on == "all"]
+        if on_data:
             x0_est = x0_hat if self.x0_estimate == "mean" else self._sample_estimate(denoise, x_t, t, x0_hat)
             active = None if self.physics_max_t is None else (t < self.physics_max_t)
-            self._add_physics(values, terms, x0_est, t, active)
-            if self.trajectory is not None and model.training:
-                if cond is not None or scalars is not None:
-                    raise ValueError("trajectory states need a problem without condition fields or scalars")
-                shape = (batch, *x0_norm.shape[1:])
-                states, times = self.trajectory.next(
-                    denoise, shape, dtype=x0_norm.dtype, device=x0_norm.device, generator=generator
-                )
-                self._add_physics(values, terms, denoise(states, times), times, None)
+            self._add_physics(values, on_data, x0_est, t, active)
+        if terms and self.trajectory is not None and model.training:
+            if cond is not None or scalars is not None:
+                raise ValueError("trajectory states need a problem without condition fields or scalars")
+            shape = (batch, *x0_norm.shape[1:])
+            states, times = self.trajectory.next(
+                denoise, shape, dtype=x0_norm.dtype, device=x0_norm.device, generator=generator
+            )
+            self._add_physics(values, terms, denoise(states, times), times, None)
 
         total = sum(values.values())
         components = {name: float(value.detach()) for name, value in values.items()}

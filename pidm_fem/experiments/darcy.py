@@ -98,7 +98,7 @@ def diffusion_loss(
       ``residual_gradient: state`` the residual is not differentiated with respect to
       the ``coefficient_channels``; with ``physics_t_fraction`` below 1 it acts on the
       steps ``t < physics_t_fraction * T`` only. ``c_state`` > 0 adds the state misfit
-      term; ``trajectory_every`` > 0 (when ``training``) lets the physics terms also act
+      term (on the trajectory states only with ``state_on: trajectory``); ``trajectory_every`` > 0 (when ``training``) lets the physics terms also act
       on states of the network's own ``trajectory_steps``-step DDIM trajectories at
       ``t < trajectory_t_fraction * T``, drawn afresh every ``trajectory_every`` steps.
     * ``physics_guided``: the data loss of a denoiser that receives the residual
@@ -126,7 +126,8 @@ def diffusion_loss(
     ------
     ConfigError
         If ``c_eq``, ``c_ineq`` or ``lambda_opt`` is non-zero (the problem has no such functionals),
-        or if no step of the trajectories lies below ``trajectory_t_fraction * T``.
+        or if no step of the trajectories lies below ``trajectory_t_fraction * T``, or if
+        the state misfit acts on trajectory states only and there are none.
     """
     for key in ("c_eq", "c_ineq", "lambda_opt"):
         if getattr(config, key) != 0:
@@ -135,6 +136,8 @@ def diffusion_loss(
                 f"must be 0, got {getattr(config, key)}"
             )
     pidm = config.method == "pidm"
+    if pidm and config.c_state > 0 and config.state_on == "trajectory" and config.trajectory_every == 0:
+        raise ConfigError("diffusion.state_on: 'trajectory' needs trajectory states (trajectory_every > 0)")
     trajectory = None
     if pidm and training and config.trajectory_every > 0:
         try:
@@ -160,6 +163,7 @@ def diffusion_loss(
         frozen_channels=coefficient_channels if config.residual_gradient == "state" else (),
         state_misfit=state_misfit if pidm else None,
         c_state=config.c_state if pidm else 0.0,
+        state_on=config.state_on,
         trajectory=trajectory,
     )
 
