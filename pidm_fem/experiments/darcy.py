@@ -98,8 +98,9 @@ def diffusion_loss(
       ``residual_gradient: state`` the residual is not differentiated with respect to
       the ``coefficient_channels``; with ``physics_t_fraction`` below 1 it acts on the
       steps ``t < physics_t_fraction * T`` only. ``c_state`` > 0 adds the state misfit
-      term (on the trajectory states only with ``state_on: trajectory``); ``trajectory_every`` > 0 (when ``training``) lets the physics terms also act
-      on states of the network's own ``trajectory_steps``-step DDIM trajectories at
+      term (on the trajectory states only with ``state_on: trajectory``);
+      ``trajectory_every`` > 0 (when ``training``) lets the physics terms also act on
+      states of the network's own ``trajectory_steps``-step DDIM trajectories at
       ``t < trajectory_t_fraction * T``, drawn afresh every ``trajectory_every`` steps.
     * ``physics_guided``: the data loss of a denoiser that receives the residual
       gradient of x_t as C extra condition channels, dropped with probability
@@ -142,7 +143,10 @@ def diffusion_loss(
     if pidm and training and config.trajectory_every > 0:
         try:
             trajectory = TrajectoryStates(
-                schedule, config.trajectory_every, config.trajectory_steps, _max_t(config.trajectory_t_fraction, config.T)
+                schedule,
+                config.trajectory_every,
+                config.trajectory_steps,
+                _max_t(config.trajectory_t_fraction, config.T),
             )
         except ValueError as err:
             raise ConfigError(f"diffusion.trajectory_t_fraction: {err}") from None
