@@ -1,10 +1,11 @@
 """The main job: PIDM against its baselines for Darcy flow on an unstructured mesh.
 
 On the embedded default mesh (or --mesh PATH): generates (or reuses) the Darcy
-dataset, trains DDPM, PIDM ("mean" and, unless --no-sample-estimation, "sample")
-and physics-guided conditioning with the same seed, model, optimiser and steps
-(side by side in --jobs processes, one per core by default), samples each
-(CoCoGen corrections reuse the DDPM model), and evaluates physics
+dataset, trains DDPM, PIDM ("mean" and, unless --no-sample-estimation, "sample"),
+physics-guided conditioning and (outside --quick) PIDM with physics on its own
+trajectory states, with the same seed, model, optimiser and steps (side by side in
+--jobs processes, one per core by default), samples each (CoCoGen corrections reuse
+the DDPM and PIDM models), and evaluates physics
 (mean |r| of the strong-form residual, against the data's own floor and the
 trivial field p = 0; the relative L2 error of p against the pressure solved for
 the sample's own K), fidelity (per-field statistics, energy and sliced
@@ -80,7 +81,11 @@ MODES = {
 #: changing the pressure only (K is the sample's coefficient; the corrections solve for its state);
 #: the number of steps after sampling is the mode's "cocogen_after"
 COCOGEN = {"cocogen_during": 5, "cocogen_step": 1e-3, "cocogen_line_search": True, "cocogen_gradient": "state"}
-METHODS = ("ddpm", "pidm_mean", "pidm_sample", "physics_guided", "cocogen", "pidm_cocogen")
+METHODS = ("ddpm", "pidm_mean", "pidm_sample", "physics_guided", "pidm_trajectory", "cocogen", "pidm_cocogen",
+           "pidm_trajectory_cocogen")
+#: methods of --quick unless --methods says otherwise: the trajectory-state PIDM's training (2.6x DDPM's
+#: step) would take `make demo` past its 10 minutes
+QUICK_METHODS = tuple(m for m in METHODS if not m.startswith("pidm_trajectory"))
 
 
 #: sampling keys that the --sampler, --ddim-steps and --eta options override
@@ -109,8 +114,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--width", type=int, default=None, help="override the denoiser's width")
     parser.add_argument("--n-samples", type=int, default=None, help="override the number of generated samples")
     parser.add_argument("--no-sample-estimation", action="store_true", help="skip PIDM with 'sample' estimation")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
-                        help="methods to compare (cocogen needs ddpm, pidm_cocogen pidm_mean)")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=None,
+                        help="methods to compare (default: all, without the pidm_trajectory ones in --quick; "
+                             "cocogen needs ddpm, pidm_cocogen pidm_mean, pidm_trajectory_cocogen pidm_trajectory)")
     parser.add_argument("--c-residual", type=float, default=None, help="override the residual weight of PIDM")
     parser.add_argument("--field-views", action="store_const", const=True, default=None,
                         help="the denoiser also sees the pressure beside its Laplacian (elliptic coordinates)")
@@ -188,6 +194,13 @@ def base_config(args: argparse.Namespace) -> dict:
         config["training"]["steps"] = args.steps
         config["training"]["ema_start"] = min(config["training"]["ema_start"], args.steps // 2)
     return config
+
+
+def selected_methods(args: argparse.Namespace) -> list[str]:
+    """The methods to compare: --methods, else the mode's (:data:`QUICK_METHODS` or all), less pidm_sample
+    under --no-sample-estimation."""
+    chosen = args.methods or (QUICK_METHODS if args.mode == "quick" else METHODS)
+    return [m for m in chosen if not (m == "pidm_sample" and args.no_sample_estimation)]
 
 
 def write_fields(experiment, samples: dict, residuals: dict, folder: Path) -> None:
@@ -290,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     except MeshError as err:
         print(f"darcy_mesh: error: {err}", file=sys.stderr)
         return 2
-    methods = [m for m in args.methods if not (m == "pidm_sample" and args.no_sample_estimation)]
+    methods = selected_methods(args)
     for method, trained in CORRECTED.items():
         if method in methods and trained not in methods:
             print(f"darcy_mesh: error: --methods: {method} samples the {trained} model, so it needs {trained}",

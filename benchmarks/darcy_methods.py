@@ -6,9 +6,12 @@ only in the switches of the diffusion configuration:
 * ``ddpm``: standard diffusion (c_residual = 0);
 * ``pidm_mean``: PIDM, residual of the network's x0 estimate;
 * ``pidm_sample``: PIDM, residual at the end of a differentiable DDIM chain;
+* ``pidm_trajectory``: PIDM-mean whose physics terms also act on states of the network's own
+  DDIM trajectories, with the state misfit beside the residual (:data:`TRAJECTORY_DEFAULTS`);
 * ``physics_guided``: residual-gradient conditioning with classifier-free guidance;
 * ``cocogen``: the DDPM model, sampled with residual corrections;
-* ``pidm_cocogen``: the PIDM-mean model, sampled with the same corrections.
+* ``pidm_cocogen``: the PIDM-mean model, sampled with the same corrections;
+* ``pidm_trajectory_cocogen``: the PIDM-trajectory model, sampled with the same corrections.
 """
 
 from __future__ import annotations
@@ -35,19 +38,31 @@ TRAINED = {
     "pidm_mean": {"method": "pidm", "x0_estimation": "mean"},
     "pidm_sample": {"method": "pidm", "x0_estimation": "sample"},
     "physics_guided": {"method": "physics_guided"},
+    "pidm_trajectory": {"method": "pidm", "x0_estimation": "mean"},
 }
+#: diffusion keys of ``pidm_trajectory`` where the run's configuration leaves them unset (the options of the
+#: README's "Trajectory states in the default mode": chains of 10 DDIM steps drawn every 25 training steps,
+#: states at t < T / 2, state misfit of weight 1)
+TRAJECTORY_DEFAULTS = {"trajectory_every": 25, "trajectory_steps": 10, "trajectory_t_fraction": 0.5, "c_state": 1.0}
+#: per trained method, the diffusion keys it sets where the run's configuration leaves them unset
+DEFAULTS = {"pidm_trajectory": TRAJECTORY_DEFAULTS}
 #: sampled-only methods: the trained method whose model they sample with CoCoGen corrections
-CORRECTED = {"cocogen": "ddpm", "pidm_cocogen": "pidm_mean"}
+CORRECTED = {"cocogen": "ddpm", "pidm_cocogen": "pidm_mean", "pidm_trajectory_cocogen": "pidm_trajectory"}
 #: prctl option of Linux: the signal a process receives when its parent dies
 PR_SET_PDEATHSIG = 1
-#: relative cost of a training step (quick mode, one core each: 80, 88, 168 and 88 s for 350 steps)
-STEP_COST = {"ddpm": 1.0, "pidm_mean": 1.1, "pidm_sample": 2.1, "physics_guided": 1.1}
+#: relative cost of a training step (quick mode, one core each: 80, 88, 168 and 88 s for 350 steps;
+#: pidm_trajectory: default mode, 1.56 against DDPM's 0.61 s per step side by side)
+STEP_COST = {"ddpm": 1.0, "pidm_mean": 1.1, "pidm_sample": 2.1, "physics_guided": 1.1, "pidm_trajectory": 2.6}
 
 
 def method_config(base: dict, method: str):
-    """The run configuration of ``method`` from the shared ``base`` sections."""
+    """The run configuration of ``method`` from the shared ``base`` sections.
+
+    The method's :data:`TRAINED` keys override ``base``; its :data:`DEFAULTS` fill the
+    diffusion keys that ``base`` leaves unset (so a command-line option still wins).
+    """
     sections = copy.deepcopy(base)
-    sections["diffusion"] = {**sections.get("diffusion", {}), **TRAINED[method]}
+    sections["diffusion"] = {**DEFAULTS.get(method, {}), **sections.get("diffusion", {}), **TRAINED[method]}
     return config_from_dict(sections, source=f"<{method}>")
 
 

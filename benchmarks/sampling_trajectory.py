@@ -1,6 +1,6 @@
 """Where a sample's residual comes from: the denoiser's estimates along its sampling trajectory.
 
-For each trained run of a darcy_mesh output folder (ddpm, pidm_mean, pidm_sample), at
+For each trained run of a darcy_mesh output folder (ddpm and the PIDM runs), at
 every --every-th step of the run's own sampler (the benchmark's samples, seed 1):
 
 * the clean estimate x0_hat along the sampling trajectory,
@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 #: trained methods whose denoiser takes no condition channels (physics-guided needs its guidance)
-UNCONDITIONED = ("ddpm", "pidm_mean", "pidm_sample")
+UNCONDITIONED = ("ddpm", "pidm_mean", "pidm_sample", "pidm_trajectory")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

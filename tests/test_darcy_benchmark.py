@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-METHODS = ("ddpm", "pidm_mean", "pidm_sample", "physics_guided", "cocogen", "pidm_cocogen")
+from darcy_mesh import METHODS  # noqa: E402  (the benchmarks folder is not a package)
 
 
 def run_benchmark(*args: str) -> subprocess.CompletedProcess:
@@ -28,7 +28,8 @@ def test_smoke_run_writes_every_output(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not (out / "report").exists() and (out / "runs" / "ddpm" / "last.pt").is_file()
     trained = (out / "runs" / "ddpm" / "last.pt").stat().st_mtime_ns
-    proc = run_benchmark(*common, "--n-samples", "4", "--jobs", "2")  # the other methods in two processes
+    # every method (--quick alone leaves the trajectory ones out); the others in two processes
+    proc = run_benchmark(*common, "--n-samples", "4", "--jobs", "2", "--methods", *METHODS)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "runs" / "ddpm" / "last.pt").stat().st_mtime_ns == trained
     report = out / "report"
@@ -62,7 +63,7 @@ def test_smoke_run_writes_every_output(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "trajectory" / "trajectory.png").stat().st_size > 0
     traced = json.loads((out / "trajectory" / "trajectory.json").read_text())
-    assert set(traced["methods"]) == {"ddpm", "pidm_mean", "pidm_sample"}
+    assert set(traced["methods"]) == {"ddpm", "pidm_mean", "pidm_sample", "pidm_trajectory"}
     for method, curves in traced["methods"].items():
         times = list(curves["sampling_estimate"])
         assert times == list(curves["noised_data_estimate"]) == list(curves["noised_data"]) and len(times) >= 3
@@ -79,7 +80,8 @@ def test_sampling_trajectory_without_runs_is_a_one_line_error(tmp_path):
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        f"sampling_trajectory: error: {tmp_path / 'runs'}: no trained run of ddpm, pidm_mean, pidm_sample"]
+        f"sampling_trajectory: error: {tmp_path / 'runs'}: no trained run of ddpm, pidm_mean, pidm_sample, "
+        "pidm_trajectory"]
 
 
 def test_every_override_option_reaches_its_configuration_key():
@@ -99,6 +101,30 @@ def test_every_override_option_reaches_its_configuration_key():
         expected = True if values[option] is None else type(config[section][key])(values[option])
         assert config[section][key] == expected, option
     assert config != base_config(parse_args(["--quick"]))
+
+
+def test_trajectory_method_fills_its_defaults_and_the_options_win():
+    from darcy_mesh import base_config, parse_args
+    from darcy_methods import TRAJECTORY_DEFAULTS, method_config
+
+    trajectory = method_config(base_config(parse_args([])), "pidm_trajectory").diffusion
+    assert (trajectory.method, trajectory.x0_estimation) == ("pidm", "mean")
+    assert {key: getattr(trajectory, key) for key in TRAJECTORY_DEFAULTS} == TRAJECTORY_DEFAULTS
+    assert method_config(base_config(parse_args([])), "pidm_mean").diffusion.trajectory_every == 0
+    explicit = method_config(base_config(parse_args(["--trajectory-every", "7", "--c-state", "0"])), "pidm_trajectory")
+    assert (explicit.diffusion.trajectory_every, explicit.diffusion.c_state) == (7, 0.0)
+    assert explicit.diffusion.trajectory_steps == TRAJECTORY_DEFAULTS["trajectory_steps"]
+
+
+def test_quick_mode_leaves_the_trajectory_methods_out_unless_asked():
+    from darcy_mesh import METHODS, QUICK_METHODS, parse_args, selected_methods
+
+    assert selected_methods(parse_args([])) == list(METHODS)
+    assert selected_methods(parse_args(["--quick"])) == list(QUICK_METHODS)
+    assert not any(m.startswith("pidm_trajectory") for m in QUICK_METHODS) and set(QUICK_METHODS) < set(METHODS)
+    asked = ["ddpm", "pidm_trajectory"]
+    assert selected_methods(parse_args(["--quick", "--methods", *asked])) == asked
+    assert "pidm_sample" not in selected_methods(parse_args(["--no-sample-estimation"]))
 
 
 def test_balanced_groups_split_the_trained_methods_by_cost():
