@@ -9,7 +9,8 @@ the DDPM and PIDM models), and evaluates physics
 (mean |r| of the strong-form residual, against the data's own floor and the
 trivial field p = 0; the relative L2 error of p against the pressure solved for
 the sample's own K), fidelity (per-field statistics, energy and sliced
-Wasserstein distances to the test set, with the test-vs-train floor) and cost.
+Wasserstein distances to the test set, with the test-vs-train floor) and cost; the
+mean |r| is also split between the source's region and the rest (results.json).
 Writes results.json, results.md, figures (PNG) and fields (PVD/VTU) to --out.
 
     python benchmarks/darcy_mesh.py --quick          # `make demo`: <= 10 minutes on 2 cores
@@ -270,10 +271,11 @@ def evaluate_runs(experiment, runs: dict) -> tuple[dict, dict]:
 
     splits = experiment.dataset()
     nodes = {method: float64_nodes(run["rows"]) for method, run in runs.items()}
+    source = experiment.problem.source_region()
     summary = evaluate_methods(
         nodes, float64_nodes(splits.test), float64_nodes(splits.train), experiment.strong_residual,
         weights=experiment.problem.lumped_mass(), channel_names=experiment.fields.names,
-        state_solver=experiment.solve_state,
+        state_solver=experiment.solve_state, regions={"source": source, "elsewhere": ~source},
     )
     for method, run in runs.items():
         summary["methods"][method]["cost"] = {"train_seconds_per_step": run["seconds_per_step"],

@@ -46,6 +46,18 @@ def test_source_integrates_to_zero_on_other_domains():
     assert f.dat.data_ro.max() > 1.0 and f.dat.data_ro.min() < -1.0
 
 
+def test_source_region_is_the_paper_boxes_and_the_bump_cores():
+    problem = DarcyProblem(load_mesh(default_mesh_path()))
+    region, weights = problem.source_region(), problem.lumped_mass()
+    assert 2 * 0.125**2 <= weights[region].sum() <= 2 * 0.15**2  # the two boxes, one element layer around them
+    assert np.all(problem.f.dat.data_ro[~region] == 0)
+    bumps = DarcyProblem(fd.RectangleMesh(40, 20, 2.0, 1.0))
+    share = bumps.lumped_mass()[bumps.source_region()].sum() / 2.0
+    assert 0.05 < share < 0.5  # the Gaussians' cores, not the whole domain
+    with pytest.raises(ValueError, match="relative must lie in"):
+        problem.source_region(1.0)
+
+
 @pytest.fixture(scope="module")
 def generator():
     return DarcySampleGenerator(DarcyDataSettings(mesh=str(default_mesh_path()), seed=11))

@@ -44,6 +44,8 @@ def test_smoke_run_writes_every_output(tmp_path):
         assert entry["residual"]["mean"] > 0 and entry["residual"]["median"] > 0, method
         assert entry["trivial_residual"]["mean"] > 0, method
         assert entry["state_error"]["mean"] > 0 and len(entry["state_error"]["per_sample"]) == 4, method
+        split = entry["residual_by_region"]
+        assert split["source"]["mean"] + split["elsewhere"]["mean"] == pytest.approx(entry["residual"]["mean"])
         fidelity = entry["fidelity"]
         assert fidelity["energy_distance"] >= 0 and fidelity["sliced_wasserstein"] >= 0, method
         for field in ("p", "K"):

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from pidm_fem.evaluation import (
+    abs_residual_by_region,
     energy_distance,
     evaluate_methods,
     field_statistics,
@@ -83,6 +84,32 @@ def test_mean_abs_residual_is_the_weighted_node_mean(linear_residual, weights, d
     assert summary["mean"] == pytest.approx(expected.mean())
     assert summary["median"] == pytest.approx(np.median(expected))
     assert summary["per_sample"] == pytest.approx(expected.tolist()) and summary["n_samples"] == 10
+
+
+def test_residual_shares_of_a_partition_add_up_to_the_mean(linear_residual, weights, data):
+    x = data["test"][:10]
+    first = np.arange(N) < N // 3
+    shares = abs_residual_by_region(linear_residual, x, {"first": first, "rest": ~first, "all": np.ones(N, bool)},
+                                    weights, batch_size=4)
+    mean = mean_abs_residual(linear_residual, x, weights)
+    np.testing.assert_allclose(shares["first"] + shares["rest"], mean, rtol=1e-13)
+    np.testing.assert_allclose(shares["all"], mean, rtol=1e-14)
+    w = weights.numpy()
+    expected = (np.abs(linear_residual(x).numpy()) * w * first).sum(axis=1) / w.sum()
+    np.testing.assert_allclose(shares["first"], expected, rtol=1e-14)
+    with pytest.raises(ValueError, match="region 'bad': needs a boolean mask of 24 nodes"):
+        abs_residual_by_region(linear_residual, x, {"bad": np.ones(N)})
+
+
+def test_evaluate_methods_splits_every_entry_by_region(data, linear_residual, weights):
+    test = data["test"]
+    first = np.arange(N) < N // 2
+    results = evaluate_methods({"ddpm": 0.5 * test}, test, data["train"], linear_residual, weights,
+                               regions={"first": first, "rest": ~first})
+    for entry in (results["data"], results["trivial"], results["methods"]["ddpm"]):
+        split = entry["residual_by_region"]
+        assert split["first"]["mean"] + split["rest"]["mean"] == pytest.approx(entry["residual"]["mean"], rel=1e-13)
+        assert split["first"]["mean"] > 0 and split["rest"]["mean"] > 0
 
 
 def test_mean_abs_residual_rejects_a_residual_of_the_wrong_shape(data):

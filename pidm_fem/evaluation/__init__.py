@@ -19,6 +19,7 @@ from pidm_fem.evaluation.distribution import (
     sliced_wasserstein,
 )
 from pidm_fem.evaluation.physics_metrics import (
+    abs_residual_by_region,
     mean_abs_residual,
     mismatched_pairs,
     relative_state_error,
@@ -28,6 +29,7 @@ from pidm_fem.evaluation.physics_metrics import (
 from pidm_fem.evaluation.report import evaluate_methods, markdown_table
 
 __all__ = [
+    "abs_residual_by_region",
     "dof_features",
     "energy_distance",
     "evaluate_methods",

@@ -18,7 +18,7 @@ of the default and quick modes; reported by ``evaluate_methods`` as ``mismatched
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -62,6 +62,49 @@ def mean_abs_residual(
     w = normalized_weights(weights, x.shape[2])
     values = [(r.abs() * w).sum(dim=1) for _, r in _nodal_batches(residual, x, batch_size, "the residual")]
     return torch.cat(values).numpy()
+
+
+def abs_residual_by_region(
+    residual: NodalResidual,
+    samples: torch.Tensor | np.ndarray,
+    regions: Mapping[str, np.ndarray],
+    weights: torch.Tensor | np.ndarray | None = None,
+    batch_size: int = 64,
+) -> dict[str, np.ndarray]:
+    """Per-sample share of the domain mean of |r| that each region of nodes holds.
+
+    Parameters
+    ----------
+    residual, samples, weights, batch_size
+        As for :func:`mean_abs_residual`.
+    regions
+        ``{name: boolean mask of the n nodes}``; for regions that partition the nodes,
+        the shares add up to :func:`mean_abs_residual`.
+
+    Returns
+    -------
+    dict
+        ``{name: (B,) array}`` with ``sum_{i in region} w_i |r_i| / sum_i w_i`` for each sample.
+
+    Raises
+    ------
+    ValueError
+        If a mask is not a boolean array of one entry per node.
+    """
+    x = as_samples(samples)
+    w = normalized_weights(weights, x.shape[2])
+    masks = {}
+    for name, mask in regions.items():
+        mask = np.asarray(mask)
+        if mask.dtype != bool or mask.shape != (x.shape[2],):
+            raise ValueError(f"region {name!r}: needs a boolean mask of {x.shape[2]} nodes, got {mask.dtype} "
+                             f"{mask.shape}")
+        masks[name] = torch.from_numpy(mask)
+    shares: dict[str, list[torch.Tensor]] = {name: [] for name in masks}
+    for _, r in _nodal_batches(residual, x, batch_size, "the residual"):
+        for name, mask in masks.items():
+            shares[name].append((r.abs() * w * mask).sum(dim=1))
+    return {name: torch.cat(values).numpy() for name, values in shares.items()}
 
 
 def _nodal_batches(

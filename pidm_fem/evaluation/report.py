@@ -4,7 +4,8 @@
 for the trivial field (one channel, e.g. the pressure, set to zero in the test
 samples) and for every method, the same entry::
 
-    {"residual": ..., "trivial_residual": ..., "state_error": ..., "fidelity": ..., "ratios": ...}
+    {"residual": ..., "trivial_residual": ..., "state_error": ..., "residual_by_region": ..., "fidelity": ...,
+     "ratios": ...}
 
 - ``residual``: per-sample domain mean of |r| summarised over samples
   (:func:`~pidm_fem.evaluation.physics_metrics.residual_summary`);
@@ -17,6 +18,9 @@ samples) and for every method, the same entry::
   (:func:`~pidm_fem.evaluation.physics_metrics.relative_state_error`); ``None`` otherwise.
   The ``"data"`` entry then also has ``mismatched_state_error``: the same for the test
   states paired with the coefficients of the previous test sample (what no coupling scores);
+- ``residual_by_region``: when regions are given, ``{name: summary}`` of each region's
+  share of the per-sample mean |r|
+  (:func:`~pidm_fem.evaluation.physics_metrics.abs_residual_by_region`); ``None`` otherwise;
 - ``fidelity``: :func:`~pidm_fem.evaluation.distribution.fidelity_metrics` against
   the test set. For the ``"data"`` entry it is the TRAIN set against the test set:
   the floor of the distances, what a perfect model reaches with finitely many samples;
@@ -37,6 +41,7 @@ from pidm_fem.evaluation.distribution import fidelity_metrics
 from pidm_fem.evaluation.physics_metrics import (
     NodalResidual,
     StateSolver,
+    abs_residual_by_region,
     mean_abs_residual,
     mismatched_pairs,
     relative_state_error,
@@ -78,6 +83,7 @@ def evaluate_methods(
     channel_names: Sequence[str] | None = None,
     trivial_channel: int = 0,
     state_solver: StateSolver | None = None,
+    regions: Mapping[str, np.ndarray] | None = None,
     baseline: str = "ddpm",
     n_projections: int = 128,
     seed: int = 0,
@@ -109,6 +115,10 @@ def evaluate_methods(
         Solver of physical samples, (B, C, n) -> (B, n): the state that their
         coefficient fields determine, in the samples' gauge; the ``state_error`` entries
         are ``None`` without it.
+    regions
+        ``{name: boolean mask of the n nodes}`` (e.g. where the source acts and where it
+        does not): the ``residual_by_region`` entries split the mean |r| among them;
+        ``None`` without them.
     baseline
         Method the ``*_to_baseline`` ratios divide by, when ``generated`` has it.
     n_projections, seed
@@ -144,6 +154,10 @@ def evaluate_methods(
             "state_error": None if state_solver is None else residual_summary(
                 relative_state_error(state_solver, samples, trivial_channel, weights, batch_size)
             ),
+            "residual_by_region": None if regions is None else {
+                name: residual_summary(shares)
+                for name, shares in abs_residual_by_region(residual, samples, regions, weights, batch_size).items()
+            },
             "fidelity": fidelity_metrics(compared, test, weights, channel_names, n_projections, seed),
         }
 
