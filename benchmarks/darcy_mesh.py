@@ -198,8 +198,10 @@ def base_config(args: argparse.Namespace) -> dict:
 
 
 def selected_methods(args: argparse.Namespace) -> list[str]:
-    """The methods to compare: --methods, else the mode's (:data:`QUICK_METHODS` or all), less pidm_sample
-    under --no-sample-estimation."""
+    """The methods to compare.
+
+    --methods, else the mode's (:data:`QUICK_METHODS` or all), less pidm_sample under --no-sample-estimation.
+    """
     chosen = args.methods or (QUICK_METHODS if args.mode == "quick" else METHODS)
     return [m for m in chosen if not (m == "pidm_sample" and args.no_sample_estimation)]
 
