@@ -135,6 +135,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="network evaluations along PIDM-sample's differentiable DDIM chain")
     parser.add_argument("--residual-gradient", choices=("all", "state"), default=None,
                         help="differentiate PIDM's residual with respect to all fields or the pressure only")
+    parser.add_argument("--min-snr-gamma", type=float, default=None,
+                        help="clip of the data loss's min-SNR weight (5; a larger clip weighs the low-noise steps "
+                             "more, up to the noise-prediction loss's SNR weight)")
     parser.add_argument("--c-state", type=float, default=None,
                         help="weight of PIDM's state misfit term (squared relative error of p against the "
                              "pressure solved for the estimate's own K)")
@@ -175,6 +178,7 @@ OVERRIDES = {
     "residual": ("diffusion", "residual"),
     "residual_gradient": ("diffusion", "residual_gradient"),
     "sample_steps": ("diffusion", "sample_steps"),
+    "min_snr_gamma": ("diffusion", "min_snr_gamma"),
     "c_state": ("diffusion", "c_state"),
     "state_on": ("diffusion", "state_on"),
     "trajectory_every": ("diffusion", "trajectory_every"),

@@ -89,9 +89,11 @@ def test_mean_abs_residual_is_the_weighted_node_mean(linear_residual, weights, d
 def test_residual_shares_of_a_partition_add_up_to_the_mean(linear_residual, weights, data):
     x = data["test"][:10]
     first = np.arange(N) < N // 3
-    shares = abs_residual_by_region(linear_residual, x, {"first": first, "rest": ~first, "all": np.ones(N, bool)},
-                                    weights, batch_size=4)
+    total, shares = abs_residual_by_region(
+        linear_residual, x, {"first": first, "rest": ~first, "all": np.ones(N, bool)}, weights, batch_size=4
+    )
     mean = mean_abs_residual(linear_residual, x, weights)
+    np.testing.assert_allclose(total, mean, rtol=1e-14)
     np.testing.assert_allclose(shares["first"] + shares["rest"], mean, rtol=1e-13)
     np.testing.assert_allclose(shares["all"], mean, rtol=1e-14)
     w = weights.numpy()

@@ -58,10 +58,7 @@ def mean_abs_residual(
     numpy.ndarray
         Shape (B,): ``sum_i w_i |r_i| / sum_i w_i`` for each sample.
     """
-    x = as_samples(samples)
-    w = normalized_weights(weights, x.shape[2])
-    values = [(r.abs() * w).sum(dim=1) for _, r in _nodal_batches(residual, x, batch_size, "the residual")]
-    return torch.cat(values).numpy()
+    return abs_residual_by_region(residual, samples, {}, weights, batch_size)[0]
 
 
 def abs_residual_by_region(
@@ -70,8 +67,8 @@ def abs_residual_by_region(
     regions: Mapping[str, np.ndarray],
     weights: torch.Tensor | np.ndarray | None = None,
     batch_size: int = 64,
-) -> dict[str, np.ndarray]:
-    """Per-sample share of the domain mean of |r| that each region of nodes holds.
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Per-sample domain mean of |r| and the share of it that each region of nodes holds, in one pass.
 
     Parameters
     ----------
@@ -83,7 +80,9 @@ def abs_residual_by_region(
 
     Returns
     -------
-    dict
+    mean : numpy.ndarray
+        Shape (B,): :func:`mean_abs_residual`.
+    shares : dict
         ``{name: (B,) array}`` with ``sum_{i in region} w_i |r_i| / sum_i w_i`` for each sample.
 
     Raises
@@ -100,11 +99,14 @@ def abs_residual_by_region(
             raise ValueError(f"region {name!r}: needs a boolean mask of {x.shape[2]} nodes, got {mask.dtype} "
                              f"{mask.shape}")
         masks[name] = torch.from_numpy(mask)
+    means: list[torch.Tensor] = []
     shares: dict[str, list[torch.Tensor]] = {name: [] for name in masks}
     for _, r in _nodal_batches(residual, x, batch_size, "the residual"):
+        weighted = r.abs() * w
+        means.append(weighted.sum(dim=1))
         for name, mask in masks.items():
-            shares[name].append((r.abs() * w * mask).sum(dim=1))
-    return {name: torch.cat(values).numpy() for name, values in shares.items()}
+            shares[name].append((weighted * mask).sum(dim=1))
+    return torch.cat(means).numpy(), {name: torch.cat(values).numpy() for name, values in shares.items()}
 
 
 def _nodal_batches(

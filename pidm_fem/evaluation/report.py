@@ -146,8 +146,9 @@ def evaluate_methods(
 
     def entry(samples: torch.Tensor, compared: torch.Tensor) -> dict:
         """Residuals of ``samples`` and fidelity of ``compared`` to the test set."""
+        mean, shares = abs_residual_by_region(residual, samples, regions or {}, weights, batch_size)
         return {
-            "residual": residual_summary(mean_abs_residual(residual, samples, weights, batch_size)),
+            "residual": residual_summary(mean),
             "trivial_residual": residual_summary(
                 mean_abs_residual(residual, zero_channel(samples, trivial_channel), weights, batch_size)
             ),
@@ -155,8 +156,7 @@ def evaluate_methods(
                 relative_state_error(state_solver, samples, trivial_channel, weights, batch_size)
             ),
             "residual_by_region": None if regions is None else {
-                name: residual_summary(shares)
-                for name, shares in abs_residual_by_region(residual, samples, regions, weights, batch_size).items()
+                name: residual_summary(share) for name, share in shares.items()
             },
             "fidelity": fidelity_metrics(compared, test, weights, channel_names, n_projections, seed),
         }
