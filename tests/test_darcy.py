@@ -38,6 +38,22 @@ def test_solver_rejects_bad_permeability():
         problem.solve(K)
 
 
+def test_batched_solves_agree_with_the_single_solver_and_refuse_bad_permeability():
+    problem = DarcyProblem(load_mesh(unit_square_family()[0]))
+    K = KarhunenLoeve(problem.V).sample(np.random.default_rng(3), 5)
+    single = np.stack([problem.solve(k).dat.data_ro for k in K])
+    batched = problem.solve_many(K, chunk=2)  # two full chunks and a padded one
+    np.testing.assert_allclose(batched, single, rtol=0, atol=1e-11 * np.abs(single).max())
+    np.testing.assert_allclose(batched @ problem.lumped_mass(), 0, atol=1e-12)
+    assert problem.solve_many(K[:0]).shape == (0, problem.V.dof_count)
+    bad = K.copy()
+    bad[1, 3] = np.nan
+    with pytest.raises(ValueError, match="positive"):
+        problem.solve_many(bad)
+    with pytest.raises(ValueError, match="shape"):
+        problem.solve_many(K[:, :-1])
+
+
 def test_source_integrates_to_zero_on_other_domains():
     mesh = fd.RectangleMesh(20, 10, 2.0, 1.0)  # not the unit square: bump source
     problem = DarcyProblem(mesh)
