@@ -150,6 +150,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="network evaluations along those trajectories")
     parser.add_argument("--trajectory-t-fraction", type=float, default=None,
                         help="the trajectory states are taken at steps t < fraction * T")
+    parser.add_argument("--trajectory-eta", type=float, default=None,
+                        help="stochasticity of those trajectories' DDIM steps (0 deterministic, 1 ancestral)")
     add_sampler_arguments(parser)
     parser.add_argument("--cocogen-gradient", choices=("all", "state"), default=COCOGEN["cocogen_gradient"],
                         help="CoCoGen corrections change all fields or the pressure only")
@@ -184,6 +186,7 @@ OVERRIDES = {
     "trajectory_every": ("diffusion", "trajectory_every"),
     "trajectory_steps": ("diffusion", "trajectory_steps"),
     "trajectory_t_fraction": ("diffusion", "trajectory_t_fraction"),
+    "trajectory_eta": ("diffusion", "trajectory_eta"),
     **{option: ("sampling", option) for option in SAMPLER_OPTIONS},
 }
 

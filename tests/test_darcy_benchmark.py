@@ -92,7 +92,7 @@ def test_every_override_option_reaches_its_configuration_key():
     values = {"width": "24", "field_views": None, "c_residual": "0.5", "representation": "nodal", "prediction": "x0",
               "physics_t_fraction": "0.25", "residual": "weak", "residual_gradient": "all", "sample_steps": "3",
               "min_snr_gamma": "50", "c_state": "2", "state_on": "trajectory", "trajectory_every": "5",
-              "trajectory_steps": "4", "trajectory_t_fraction": "0.3",
+              "trajectory_steps": "4", "trajectory_t_fraction": "0.3", "trajectory_eta": "0.5",
               "sampler": "ddpm", "ddim_steps": "20", "eta": "0.5"}
     assert set(values) == set(OVERRIDES)
     argv = ["--quick"]

@@ -330,8 +330,31 @@ def test_trajectory_states_lie_on_the_ddim_chain_and_are_kept_every_steps(normal
     assert all(torch.equal(a, b) for a, b in zip(later, again)) and not torch.equal(later[1], later[2])
     with pytest.raises(ValueError, match="keeps none"):
         TrajectoryStates(schedule, every=3, n_steps=10, max_t=5)
+    with pytest.raises(ValueError, match="eta"):
+        TrajectoryStates(schedule, every=3, n_steps=10, eta=1.5)
     with pytest.raises(ValueError, match="every"):
         TrajectoryStates(schedule, every=0, n_steps=10)
+
+
+def test_stochastic_trajectory_states_take_each_step_with_fresh_noise(data):
+    torch.manual_seed(0)
+    model = TinyDenoiser()
+    schedule = CosineSchedule()
+    states = TrajectoryStates(schedule, every=1, n_steps=10, max_t=50, eta=1.0)
+    x_t, t = states.draw(model, tuple(data.shape), dtype=torch.float64, device="cpu",
+                         generator=torch.Generator().manual_seed(5))
+    # the chain by hand: the start noise, then one noise draw per step, then the stopping steps
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(data.shape, generator=generator, dtype=torch.float64)
+    visited = {}
+    with torch.no_grad():
+        for k in range(10):
+            now, prev = torch.full((4,), 99 - 10 * k), torch.full((4,), 89 - 10 * k)
+            visited[99 - 10 * k] = x
+            noise = torch.randn(data.shape, generator=generator, dtype=torch.float64)
+            x = schedule.ddim_step(model(x, now), x, now, prev, eta=1.0, noise=noise)
+    for b in range(4):
+        assert torch.equal(x_t[b], visited[int(t[b])][b])
 
 
 def test_trajectory_physics_acts_in_training_only_and_reaches_the_parameters(normalizer, data):

@@ -3,8 +3,8 @@
 The data loss only ever shows the denoiser noised data ``x_t = q(x_0, t)``. When it
 samples, it meets its own states instead, and their clean estimates drift away from
 the physics (README, "the sampling trajectory"). :class:`TrajectoryStates` draws a
-batch of such states: deterministic DDIM chains (eta = 0) of the current weights from
-pure noise, each sample stopped at a random visited step below ``max_t``; the batch is
+batch of such states: DDIM chains (deterministic with eta = 0, the ancestral sampler's
+variance with eta = 1) of the current weights from pure noise, each sample stopped at a random visited step below ``max_t``; the batch is
 kept for ``every`` training steps and then drawn afresh. Its state (the batch and the
 call count) goes into checkpoints, so that a resumed run repeats the original one.
 """
@@ -38,6 +38,9 @@ class TrajectoryStates:
         (:meth:`CosineSchedule.ddim_timesteps`).
     max_t
         Only states at visited steps ``t < max_t`` are kept; every visited step when None.
+    eta
+        Stochasticity of the chains' DDIM steps (:meth:`CosineSchedule.ddim_step`); at 0 the
+        chains draw no noise after their start.
 
     Attributes
     ----------
@@ -51,6 +54,7 @@ class TrajectoryStates:
     every: int
     n_steps: int
     max_t: int | None = None
+    eta: float = 0.0
     calls: int = 0
     x_t: torch.Tensor | None = field(default=None, repr=False)
     t: torch.Tensor | None = field(default=None, repr=False)
@@ -60,6 +64,8 @@ class TrajectoryStates:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not 0 <= self.eta <= 1:
+            raise ValueError(f"eta must lie in [0, 1], got {self.eta!r}")
         if self.n_steps > self.schedule.T:
             raise ValueError(f"n_steps must be at most T = {self.schedule.T}, got {self.n_steps}")
         if not self._eligible().any():
@@ -95,7 +101,7 @@ class TrajectoryStates:
         dtype, device
             Of the states.
         generator
-            Source of the initial noise and of the stopping steps.
+            Source of the initial noise, of the steps' noise (eta > 0) and of the stopping steps.
 
         Returns
         -------
@@ -111,7 +117,10 @@ class TrajectoryStates:
         visited = []
         for k in range(self.n_steps):
             visited.append(x)
-            x = self.schedule.ddim_step(denoise(x, times[k]), x, times[k], times[k + 1])
+            noise = None
+            if self.eta > 0:
+                noise = gaussian_noise(tuple(shape), dtype=dtype, device=device, generator=generator)
+            x = self.schedule.ddim_step(denoise(x, times[k]), x, times[k], times[k + 1], self.eta, noise)
         eligible = torch.nonzero(self._eligible()).flatten()
         draw_device = generator.device if generator is not None else "cpu"
         pick = eligible[torch.randint(len(eligible), (batch,), generator=generator, device=draw_device).cpu()]

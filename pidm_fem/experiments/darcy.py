@@ -101,7 +101,8 @@ def diffusion_loss(
       term (on the trajectory states only with ``state_on: trajectory``);
       ``trajectory_every`` > 0 (when ``training``) lets the physics terms also act on
       states of the network's own ``trajectory_steps``-step DDIM trajectories at
-      ``t < trajectory_t_fraction * T``, drawn afresh every ``trajectory_every`` steps.
+      ``t < trajectory_t_fraction * T``, drawn afresh every ``trajectory_every`` steps
+      (with DDIM's ``trajectory_eta``: 0 deterministic, 1 ancestral).
     * ``physics_guided``: the data loss of a denoiser that receives the residual
       gradient of x_t as C extra condition channels, dropped with probability
       ``cond_dropout`` when ``training``.
@@ -147,6 +148,7 @@ def diffusion_loss(
                 config.trajectory_every,
                 config.trajectory_steps,
                 _max_t(config.trajectory_t_fraction, config.T),
+                config.trajectory_eta,
             )
         except ValueError as err:
             raise ConfigError(f"diffusion.trajectory_t_fraction: {err}") from None

@@ -155,6 +155,7 @@ class DiffusionConfig(_Section):
     trajectory_every: int = _key(0, _at_least(0))
     trajectory_steps: int = _key(10, _at_least(1))
     trajectory_t_fraction: float = _key(0.5, _fraction)
+    trajectory_eta: float = _key(0.0, _in_interval(0, 1, closed_high=True))
     c_eq: float = _key(0.0, _at_least(0))
     c_ineq: float = _key(0.0, _at_least(0))
     lambda_opt: float = _key(0.0, _at_least(0))
@@ -321,7 +322,8 @@ def config_to_dict(config: RunConfig) -> dict[str, dict[str, Any]]:
 
 
 #: diffusion keys of PIDM's state misfit and trajectory states
-_TRAJECTORY_KEYS = ("c_state", "state_on", "trajectory_every", "trajectory_steps", "trajectory_t_fraction")
+_TRAJECTORY_KEYS = ("c_state", "state_on", "trajectory_every", "trajectory_steps", "trajectory_t_fraction",
+                    "trajectory_eta")
 #: diffusion keys that a method's loss never reads: its trained weights do not depend on them
 _KEYS_UNREAD_IN_TRAINING = {
     "ddpm": ("c_residual", "residual", "residual_gradient", "physics_t_fraction", "x0_estimation", "sample_steps",
