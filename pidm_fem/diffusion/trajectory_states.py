@@ -4,8 +4,9 @@ The data loss only ever shows the denoiser noised data ``x_t = q(x_0, t)``. When
 samples, it meets its own states instead, and their clean estimates drift away from
 the physics (README, "the sampling trajectory"). :class:`TrajectoryStates` draws a
 batch of such states: DDIM chains (deterministic with eta = 0, the ancestral sampler's
-variance with eta = 1) of the current weights from pure noise, each sample stopped at a random visited step below ``max_t``; the batch is
-kept for ``every`` training steps and then drawn afresh. Its state (the batch and the
+variance with eta = 1) of the current weights from pure noise, each sample stopped at
+a random visited step below ``max_t``; the batch is kept for ``every`` training steps
+and then drawn afresh. Its state (the batch and the
 call count) goes into checkpoints, so that a resumed run repeats the original one.
 """
 
