@@ -6,8 +6,8 @@ the physics (README, "the sampling trajectory"). :class:`TrajectoryStates` draws
 batch of such states: DDIM chains (deterministic with eta = 0, the ancestral sampler's
 variance with eta = 1) of the current weights from pure noise, each sample stopped at
 a random visited step below ``max_t``; the batch is kept for ``every`` training steps
-and then drawn afresh. Its state (the batch and the
-call count) goes into checkpoints, so that a resumed run repeats the original one.
+and then drawn afresh. Its state (the batch and the call count) goes into checkpoints,
+so that a resumed run repeats the original one.
 """
 
 from __future__ import annotations
