@@ -9,9 +9,9 @@
 * :class:`TorchFEM` makes either one a differentiable torch function.
 """
 
-from .batched_form import BatchedFormOperator
+from .batched_form import BatchedFormOperator, pad_rows
 from .layout import FieldLayout, space_dof_coordinates
 from .taped import TapedOperator
 from .torch_op import TorchFEM
 
-__all__ = ["BatchedFormOperator", "FieldLayout", "TapedOperator", "TorchFEM", "space_dof_coordinates"]
+__all__ = ["BatchedFormOperator", "FieldLayout", "TapedOperator", "TorchFEM", "pad_rows", "space_dof_coordinates"]

@@ -81,11 +81,12 @@ class _BatchedFunctions:
         parts = self.layout.split(x)
         for name, values in parts.items():
             data = self.functions[name].dat.data  # (nodes, chunk, *shape)
-            padded = _pad(values, self.chunk)
+            padded = pad_rows(values, self.chunk)
             data[:] = np.moveaxis(padded.reshape((self.chunk, data.shape[0]) + data.shape[2:]), 0, 1)
 
 
-def _pad(values: np.ndarray, chunk: int) -> np.ndarray:
+def pad_rows(values: np.ndarray, chunk: int) -> np.ndarray:
+    """``values`` (n <= chunk, ...) with the last row repeated up to ``chunk`` rows."""
     n = values.shape[0]
     if n == chunk:
         return values

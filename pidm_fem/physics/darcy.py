@@ -276,5 +276,5 @@ class DarcyProblem:
         :meth:`BatchedDarcySolver.solve <pidm_fem.physics.darcy_batch_solve.BatchedDarcySolver.solve>`.
         """
         if chunk not in self._batch_solvers:
-            self._batch_solvers[chunk] = BatchedDarcySolver(self.V, self.f, chunk)
+            self._batch_solvers[chunk] = BatchedDarcySolver(self.V, self.f, self._lumped_mass, chunk)
         return self._batch_solvers[chunk].solve(K)

@@ -16,6 +16,8 @@ import firedrake as fd
 import numpy as np
 import ufl
 
+from ..bridge import pad_rows
+
 #: direct solve of a singular pure-Neumann system: MUMPS detects the null pivots
 #: (ICNTL(24)) and the Krylov wrapper removes the nullspace from the solution
 NEUMANN_LU = {
@@ -59,11 +61,14 @@ class BatchedDarcySolver:
         The scalar field space of p and K.
     source
         The source f in ``space``; it must integrate to zero.
+    lumped_mass
+        Diagonal of the lumped mass matrix of ``space`` (the integrals of its basis
+        functions), for the zero-mean gauge.
     chunk
         Samples per block-diagonal system; a smaller batch is padded.
     """
 
-    def __init__(self, space: fd.FunctionSpace, source: fd.Function, chunk: int = 16):
+    def __init__(self, space: fd.FunctionSpace, source: fd.Function, lumped_mass: np.ndarray, chunk: int = 16):
         if chunk < 1:
             raise ValueError(f"chunk must be at least 1, got {chunk}")
         self.chunk = chunk
@@ -78,7 +83,7 @@ class BatchedDarcySolver:
         self._solver = fd.LinearVariationalSolver(
             problem, solver_parameters=NEUMANN_LU, nullspace=nullspace, transpose_nullspace=nullspace
         )
-        self._mass = fd.assemble(fd.TestFunction(space) * ufl.dx).dat.data_ro.copy()
+        self._mass = np.asarray(lumped_mass, dtype=float)
 
     def solve(self, K: np.ndarray) -> np.ndarray:
         """Pressures (B, n) with zero mean for permeabilities ``K`` (B, n), finite and positive.
@@ -101,8 +106,7 @@ class BatchedDarcySolver:
 
     def _solve_chunk(self, K: np.ndarray) -> np.ndarray:
         rows = len(K)
-        padded = np.concatenate([K, np.repeat(K[-1:], self.chunk - rows, axis=0)])
-        for values, data in zip(padded, self._K.dat.data):
+        for values, data in zip(pad_rows(K, self.chunk), self._K.dat.data):
             data[:] = values
         solve_from_zero(self._solver, self._p)
         p = np.stack(self._p.dat.data_ro[:rows])
