@@ -22,7 +22,7 @@ import torch
 import ufl
 
 from ..bridge import BatchedFormOperator, FieldLayout, TapedOperator, TorchFEM
-from .darcy_batch_solve import NEUMANN_LU, BatchedDarcySolver, constant_nullspace, solve_from_zero
+from .darcy_batch_solve import NEUMANN_LU, BatchedDarcySolver, constant_nullspace, solve_from_zero, zero_mean
 from .field_maps import neumann_laplacian_maps
 
 #: amplitude and box size of the paper's source on the unit square
@@ -262,9 +262,8 @@ class DarcyProblem:
             raise ValueError("K must be finite and positive at every DOF")
         self._K.dat.data[:] = values
         solve_from_zero(self._solver, self._p)
-        mean = fd.assemble(self._p * fd.dx) / self.area
         p = fd.Function(self.V, name="p")
-        p.dat.data[:] = self._p.dat.data_ro - mean
+        p.dat.data[:] = zero_mean(self._p.dat.data_ro, self._lumped_mass)
         return p
 
     def solve_many(self, K: np.ndarray, chunk: int = 16) -> np.ndarray:

@@ -52,6 +52,15 @@ def solve_from_zero(solver: fd.LinearVariationalSolver, solution: fd.Function) -
         raise fd.ConvergenceError(f"Darcy solve failed: {err}") from err
 
 
+def zero_mean(p: np.ndarray, lumped_mass: np.ndarray) -> np.ndarray:
+    """Pressures ``p`` (..., n) less their means ``sum_i m_i p_i / sum_i m_i``.
+
+    With ``lumped_mass`` the integrals of the basis functions, ``sum_i m_i p_i`` is the
+    exact integral of the field (for any degree), and ``sum_i m_i`` the domain's area.
+    """
+    return p - (p @ lumped_mass)[..., None] / lumped_mass.sum()
+
+
 class BatchedDarcySolver:
     """Zero-mean pressures of -div(K grad p) = f with zero flux, for a chunk of K at a time.
 
@@ -109,5 +118,4 @@ class BatchedDarcySolver:
         for values, data in zip(pad_rows(K, self.chunk), self._K.dat.data):
             data[:] = values
         solve_from_zero(self._solver, self._p)
-        p = np.stack(self._p.dat.data_ro[:rows])
-        return p - (p @ self._mass)[:, None] / self._mass.sum()
+        return zero_mean(np.stack(self._p.dat.data_ro[:rows]), self._mass)
