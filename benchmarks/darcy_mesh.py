@@ -121,6 +121,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--c-residual", type=float, default=None, help="override the residual weight of PIDM")
     parser.add_argument("--field-views", action="store_const", const=True, default=None,
                         help="the denoiser also sees the pressure beside its Laplacian (elliptic coordinates)")
+    parser.add_argument("--output-modes", type=int, default=None,
+                        help="confine each field of the clean estimate to the training data's leading principal "
+                             "components (this many; 0: off)")
     parser.add_argument("--representation", choices=("nodal", "elliptic"), default=None,
                         help="override the fields the network sees (nodal p, K or elliptic coordinates)")
     parser.add_argument("--prediction", choices=("x0", "v"), default=None,
@@ -173,6 +176,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 OVERRIDES = {
     "width": ("model", "width"),
     "field_views": ("model", "field_views"),
+    "output_modes": ("model", "output_modes"),
     "c_residual": ("diffusion", "c_residual"),
     "representation": ("diffusion", "representation"),
     "prediction": ("diffusion", "prediction"),

@@ -430,3 +430,21 @@ def test_cli_trains_and_samples(tmp_path):
     assert failed.returncode == 2 and failed.stderr.strip().splitlines() == [
         f"pidm-fem: error: {bad}: training.lr: must be > 0, got -1.0"
     ], failed.stderr
+
+
+def test_output_modes_confine_the_samples_to_the_training_datas_principal_subspace(data_dir, tmp_path):
+    config = small_config(model={"width": 8, "output_modes": 3}, diffusion={"representation": "elliptic", "T": 10},
+                          training={"steps": 2, "batch_size": 2}, sampling={"sampler": "ddim", "ddim_steps": 2})
+    experiment = DarcyExperiment(config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path, progress=False)
+    experiment.train()
+    rows = experiment.sample(3)
+    normalizer = experiment.fit_normalizer()
+    samples = normalizer.normalize(experiment.fields.to_nodes(torch.as_tensor(rows)))
+    train = normalizer.normalize(experiment.fields.to_nodes(torch.as_tensor(experiment.dataset().train)))
+    for channel in range(2):
+        # every sample is the training mean plus a combination of the (centred) training samples
+        centred = train[:, channel] - train[:, channel].mean(dim=0)
+        coefficients = torch.linalg.lstsq(centred.T, (samples[:, channel] - train[:, channel].mean(dim=0)).T)
+        fitted = centred.T @ coefficients.solution
+        torch.testing.assert_close(fitted.T + train[:, channel].mean(dim=0), samples[:, channel],
+                                   rtol=0, atol=1e-4)  # sampled in float32; the fields are of order 1

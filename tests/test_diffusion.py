@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -21,6 +22,7 @@ from pidm_fem.diffusion.normalization import FieldNormalizer, LinearChannelMap, 
 from pidm_fem.diffusion.parameterization import VPredictionDenoiser, x0_denoiser
 from pidm_fem.diffusion.samplers import sample
 from pidm_fem.diffusion.schedule import CosineSchedule
+from pidm_fem.diffusion.subspace import SubspaceDenoiser, principal_subspace
 from pidm_fem.diffusion.trajectory_states import TrajectoryStates
 
 C, N = 2, 5  # fields and nodes of the toy samples
@@ -697,3 +699,64 @@ def test_linear_views_append_the_scaled_mapped_channels_to_the_condition():
     assert recorder.cond.shape == (3, 1, n)
     with pytest.raises(ValueError, match="at least one view"):
         LinearViewInputs(recorder, {})
+
+
+# ---------------------------------------------------------------- principal subspace of the estimate
+
+
+def test_principal_subspace_is_weighted_orthonormal_and_holds_data_of_its_rank():
+    rng = np.random.default_rng(4)
+    n, rank = 30, 5
+    weights = rng.uniform(0.5, 2.0, n)
+    offset, directions = rng.normal(size=n), rng.normal(size=(rank, n))
+    data = offset + rng.normal(size=(40, rank)) @ directions  # an affine subspace of dimension 5
+    mean, basis = principal_subspace(data, weights, rank)
+    gram = basis.T @ (basis * torch.as_tensor(weights)[:, None])
+    torch.testing.assert_close(gram, torch.eye(rank, dtype=torch.float64))
+    x = torch.as_tensor(data)
+    projected = mean + ((x - mean) * torch.as_tensor(weights)) @ basis @ basis.T
+    torch.testing.assert_close(projected, x)
+    # fewer modes keep the directions of largest variance: the data's error shrinks with every mode
+    errors = []
+    for modes in range(1, rank + 1):
+        mean, basis = principal_subspace(data, weights, modes)
+        projected = mean + ((x - mean) * torch.as_tensor(weights)) @ basis @ basis.T
+        errors.append(float(((projected - x) ** 2 * torch.as_tensor(weights)).sum()))
+    assert all(a > b for a, b in zip(errors, errors[1:])) and errors[-1] < 1e-18 * errors[0] + 1e-20
+    with pytest.raises(ValueError, match="modes must lie in"):
+        principal_subspace(data, weights, 31)
+    with pytest.raises(ValueError, match="must be positive"):
+        principal_subspace(data, -weights, 2)
+    with pytest.raises(ValueError, match="need data"):
+        principal_subspace(data, weights[:-1], 2)
+
+
+def test_subspace_denoiser_projects_every_channel_and_keeps_the_networks_state_dict():
+    rng = np.random.default_rng(5)
+    n = 12
+    weights = rng.uniform(0.5, 2.0, n)
+    subspaces = [principal_subspace(rng.normal(size=(8, n)), weights, modes) for modes in (3, 6)]
+
+    class Raw(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
+
+        def forward(self, x, t, cond=None, scalars=None):
+            return self.scale * x
+
+    model = SubspaceDenoiser(Raw(), subspaces, weights)
+    assert list(model.state_dict()) == ["denoiser.scale"]
+    x = torch.as_tensor(rng.normal(size=(4, 2, n)))
+    out = model(x, torch.zeros(4, dtype=torch.int64))
+    for channel, (mean, basis) in enumerate(subspaces):
+        coefficients = ((out[:, channel] - mean) * torch.as_tensor(weights)) @ basis
+        torch.testing.assert_close(mean + coefficients @ basis.T, out[:, channel])  # in the subspace
+        residual = 2 * x[:, channel] - out[:, channel]
+        torch.testing.assert_close((residual * torch.as_tensor(weights)) @ basis,
+                                   torch.zeros(4, basis.shape[1], dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(model(out / 2, torch.zeros(4, dtype=torch.int64)), out)  # idempotent
+    with pytest.raises(ValueError, match="the subspaces are 2"):
+        model(x[:, :1], torch.zeros(4, dtype=torch.int64))
+    with pytest.raises(ValueError, match="does not match the 12 nodes"):
+        SubspaceDenoiser(Raw(), [(subspaces[0][0][:-1], subspaces[0][1])], weights)

@@ -15,6 +15,7 @@ from pidm_fem.diffusion.normalization import ChannelMap, FieldNormalizer, Linear
 from pidm_fem.diffusion.parameterization import VPredictionDenoiser, x0_denoiser
 from pidm_fem.diffusion.samplers import sample
 from pidm_fem.diffusion.schedule import CosineSchedule
+from pidm_fem.diffusion.subspace import SubspaceDenoiser, principal_subspace
 from pidm_fem.diffusion.trajectory_states import TrajectoryStates
 
 __all__ = [
@@ -29,9 +30,11 @@ __all__ = [
     "PIDMLoss",
     "PhysicsGuidedConditioning",
     "Residual",
+    "SubspaceDenoiser",
     "TrajectoryStates",
     "VPredictionDenoiser",
     "noised_data_estimates",
+    "principal_subspace",
     "sample",
     "x0_denoiser",
 ]

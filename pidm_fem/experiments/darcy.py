@@ -51,7 +51,9 @@ from pidm_fem.diffusion import (
     PhysicsGuidedConditioning,
     PIDMLoss,
     Residual,
+    SubspaceDenoiser,
     TrajectoryStates,
+    principal_subspace,
     sample,
     x0_denoiser,
 )
@@ -391,8 +393,10 @@ class DarcyExperiment:
         ``model.field_views`` one more per linearly mapped field
         (:class:`~pidm_fem.diffusion.LinearViewInputs`). With ``diffusion.prediction: v``
         the network predicts v and is wrapped into an x0 denoiser
-        (:class:`~pidm_fem.diffusion.VPredictionDenoiser`). The global torch RNG is left
-        as it was.
+        (:class:`~pidm_fem.diffusion.VPredictionDenoiser`). With ``model.output_modes``
+        its estimate is confined to the training data's principal subspace of each field
+        (:class:`~pidm_fem.diffusion.SubspaceDenoiser`, in the network's units). The
+        global torch RNG is left as it was.
         """
         n_fields = self.fields.n_channels
         views = self.input_views()
@@ -408,7 +412,14 @@ class DarcyExperiment:
             )
         if views:
             network = LinearViewInputs(network, views)
-        return x0_denoiser(network, self.config.diffusion.prediction, self.schedule)
+        denoiser = x0_denoiser(network, self.config.diffusion.prediction, self.schedule)
+        modes = self.config.model.output_modes
+        if not modes:
+            return denoiser
+        weights = self.problem.lumped_mass()
+        train = self.fit_normalizer().normalize(self.node_tensor(self.dataset().train))
+        subspaces = [principal_subspace(train[:, channel], weights, modes) for channel in range(n_fields)]
+        return SubspaceDenoiser(denoiser, subspaces, weights)
 
     def trainer(self) -> Trainer:
         """A :class:`~pidm_fem.training.Trainer` on the training split, resuming from the run folder.
