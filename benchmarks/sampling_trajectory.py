@@ -67,7 +67,7 @@ def trace(experiment, n_samples: int, every: int) -> dict[str, dict[int, dict[st
     """The scores of the sampling estimates, the noised-data estimates and the noised data, per timestep."""
     import torch
 
-    from pidm_fem.diffusion import noised_data_estimates
+    from pidm_fem.diffusion import SubspaceDenoiser, noised_data_estimates
 
     recorded: dict[int, list] = {}
     experiment.sample(n_samples, seed=1, on_step=lambda t, x0_hat: recorded.setdefault(t, []).append(x0_hat))
@@ -78,11 +78,15 @@ def trace(experiment, n_samples: int, every: int) -> dict[str, dict[int, dict[st
     test = experiment.node_tensor(experiment.dataset().test[:n_samples]).to(device)
     noised = noised_data_estimates(model, experiment.schedule, normalizer, test, chosen,
                                    generator=torch.Generator(device).manual_seed(3))
-    return {
+    curves = {
         "sampling_estimate": {t: scores(experiment, torch.cat(recorded[t])) for t in chosen},
         "noised_data_estimate": {t: scores(experiment, noised[t][1]) for t in chosen},
         "noised_data": {t: scores(experiment, noised[t][0]) for t in chosen},
     }
+    if isinstance(model, SubspaceDenoiser):  # what a perfect model confined to the subspace reaches
+        projected = normalizer.denormalize(model.project(normalizer.normalize(test)))
+        curves["subspace_floor"] = scores(experiment, projected)
+    return curves
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
             s, d, n = (curves[c][t] for c in ("sampling_estimate", "noised_data_estimate", "noised_data"))
             print(f"| {method} | {t} | {s['residual']:.3g} | {d['residual']:.3g} | {n['residual']:.3g} | "
                   f"{s['state_error']:.3g} | {d['state_error']:.3g} |")
+    for method, curves in results.items():
+        if "subspace_floor" in curves:
+            floor = curves["subspace_floor"]
+            print(f"{method}: the test data projected on its output subspace: mean |r| {floor['residual']:.3g}, "
+                  f"state error {floor['state_error']:.3g}")
     print(f"trivial p = 0: mean |r| {trivial['residual']:.3g}; outputs in {out / 'trajectory'}")
     return 0
 

@@ -188,3 +188,16 @@ def test_residual_norms_strong_rewards_collapse_and_preconditioned_does_not(tmp_
         assert norms[kind]["data"] < 1e-20 * norms[kind]["p=0"], kind  # the data solve the discrete problem
     assert norms["strong"]["reward_for_collapse"] > 10  # a wrong pressure costs more than no pressure
     assert 0.5 < norms["preconditioned"]["reward_for_collapse"] < 2
+
+
+def test_sampling_trajectory_reports_the_floor_of_a_subspace_model(tmp_path):
+    common = ["--quick", "--mesh", str(ROOT / "meshes" / "unit_square_r0.msh"), "--out", str(tmp_path)]
+    proc = run_benchmark(*common, "--steps", "2", "--methods", "ddpm", "--output-modes", "8", "--train-only")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sampling_trajectory.py"), *common,
+                           "--n-samples", "4", "--every", "40"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ddpm: the test data projected on its output subspace: mean |r|" in proc.stdout
+    floor = json.loads((tmp_path / "trajectory" / "trajectory.json").read_text())["methods"]["ddpm"]["subspace_floor"]
+    # 8 of the 256 training fields' directions do not hold the test fields: neither exact nor p = 0
+    assert 1e-6 < floor["residual"] and 1e-3 < floor["state_error"] < 1

@@ -755,8 +755,8 @@ def test_subspace_denoiser_projects_every_channel_and_keeps_the_networks_state_d
         residual = 2 * x[:, channel] - out[:, channel]
         torch.testing.assert_close((residual * torch.as_tensor(weights)) @ basis,
                                    torch.zeros(4, basis.shape[1], dtype=torch.float64), atol=1e-12, rtol=0)
-    torch.testing.assert_close(model(out / 2, torch.zeros(4, dtype=torch.int64)), out)  # idempotent
-    with pytest.raises(ValueError, match="the subspaces are 2"):
+    torch.testing.assert_close(model.project(out), out)  # idempotent
+    with pytest.raises(ValueError, match="the samples have 1 channels, the subspaces are 2"):
         model(x[:, :1], torch.zeros(4, dtype=torch.int64))
     with pytest.raises(ValueError, match="does not match the 12 nodes"):
         SubspaceDenoiser(Raw(), [(subspaces[0][0][:-1], subspaces[0][1])], weights)

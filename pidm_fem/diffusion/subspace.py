@@ -94,17 +94,18 @@ class SubspaceDenoiser(nn.Module):
             self.register_buffer(f"dual_{channel}", (basis * weights[:, None]).clone(), persistent=False)
         self.n_channels = len(subspaces)
 
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Samples (B, C, n) in the network's units with each channel projected onto its subspace."""
+        if x.shape[1] != self.n_channels:
+            raise ValueError(f"the samples have {x.shape[1]} channels, the subspaces are {self.n_channels}")
+        channels = []
+        for channel in range(self.n_channels):
+            mean, basis, dual = (getattr(self, f"{name}_{channel}").to(x.dtype) for name in ("mean", "basis", "dual"))
+            channels.append(mean + ((x[:, channel] - mean) @ dual) @ basis.T)
+        return torch.stack(channels, dim=1)
+
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None, scalars: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """The denoiser's estimate for samples x (B, C, n) at steps t (B,), each channel projected."""
-        x0_hat = self.denoiser(x, t, cond=cond, scalars=scalars)
-        if x0_hat.shape[1] != self.n_channels:
-            raise ValueError(f"the denoiser returned {x0_hat.shape[1]} channels, the subspaces are {self.n_channels}")
-        channels = []
-        for channel in range(self.n_channels):
-            mean, basis, dual = (
-                getattr(self, f"{name}_{channel}").to(x0_hat.dtype) for name in ("mean", "basis", "dual")
-            )
-            channels.append(mean + ((x0_hat[:, channel] - mean) @ dual) @ basis.T)
-        return torch.stack(channels, dim=1)
+        """The denoiser's estimate for samples x (B, C, n) at steps t (B,), projected (:meth:`project`)."""
+        return self.project(self.denoiser(x, t, cond=cond, scalars=scalars))
