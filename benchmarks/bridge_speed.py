@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"mesh {mesh_path}: {n} DOFs per field, batch {B}")
     for chunk, r in results["chunks"].items():
-        print(f"  ours, chunk {chunk:3d}: {r['fwd_bwd_s'] * 1e3:8.1f} ms fwd+bwd (first call {r['first_call_s']:.1f} s)")
+        print(f"  ours, chunk {chunk:3d}: {r['fwd_bwd_s'] * 1e3:8.1f} ms fwd+bwd "
+              f"(first call {r['first_call_s']:.1f} s)")
     print(f"  fem_operator loop:  {results['fem_operator_loop_s'] * 1e3:8.1f} ms")
     for kind, r in results["denoisers"].items():
         print(f"  denoiser {kind:4s} (width {r['width']}, {r['parameters']:,} parameters): "

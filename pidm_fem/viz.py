@@ -108,8 +108,9 @@ def plot_trajectories(
     xlabel: str,
     references: Mapping[str, Mapping[str, float]] | None = None,
     dpi: int = 110,
+    decreasing: bool = True,
 ) -> None:
-    """Side-by-side panels of curves against a decreasing time axis, log-scaled y.
+    """Side-by-side panels of curves against a shared x axis (decreasing by default), log-scaled y.
 
     Parameters
     ----------
@@ -118,16 +119,19 @@ def plot_trajectories(
     path
         Output PNG (written atomically).
     xlabel
-        Label of the shared x axis (drawn decreasing, as a reverse process runs).
+        Label of the shared x axis.
     references
         ``{panel title: {label: value}}`` drawn as horizontal dashed lines.
+    decreasing
+        Draw the x axis decreasing, as a reverse process runs (a timestep axis).
     """
     fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 4.0), squeeze=False)
     for ax, (title, curves) in zip(axes[0], panels.items()):
         for label, (x, y, style) in curves.items():
             ax.plot(x, y, style, label=label, linewidth=1.4, markersize=3)
         ax.set_yscale("log")
-        ax.invert_xaxis()
+        if decreasing:
+            ax.invert_xaxis()
         for name, value in (references or {}).get(title, {}).items():
             ax.axhline(value, color="black", linestyle="--", linewidth=1.0)
             ax.annotate(name, (ax.get_xlim()[0], value), ha="left", va="bottom", fontsize=8)

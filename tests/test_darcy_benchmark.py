@@ -89,7 +89,8 @@ def test_sampling_trajectory_without_runs_is_a_one_line_error(tmp_path):
 def test_every_override_option_reaches_its_configuration_key():
     from darcy_mesh import OVERRIDES, base_config, parse_args
 
-    values = {"width": "24", "field_views": None, "output_modes": "7", "c_residual": "0.5", "representation": "nodal", "prediction": "x0",
+    values = {"width": "24", "field_views": None, "output_modes": "7", "c_residual": "0.5", "representation": "nodal",
+              "prediction": "x0",
               "physics_t_fraction": "0.25", "residual": "weak", "residual_gradient": "all", "sample_steps": "3",
               "min_snr_gamma": "50", "c_state": "2", "state_on": "trajectory", "trajectory_every": "5",
               "trajectory_steps": "4", "trajectory_t_fraction": "0.3", "trajectory_eta": "0.5",
@@ -170,7 +171,8 @@ def test_sigterm_stops_the_training_processes(tmp_path):
         deadline = time.monotonic() + 30
         while [pid for pid in workers if Path(f"/proc/{pid}").exists()] and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "training processes outlived the benchmark"
+        alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+        assert not alive, "training processes outlived the benchmark"
     finally:
         for pid in [proc.pid, *workers]:
             try:
@@ -201,3 +203,20 @@ def test_sampling_trajectory_reports_the_floor_of_a_subspace_model(tmp_path):
     floor = json.loads((tmp_path / "trajectory" / "trajectory.json").read_text())["methods"]["ddpm"]["subspace_floor"]
     # 8 of the 256 training fields' directions do not hold the test fields: neither exact nor p = 0
     assert 1e-6 < floor["residual"] and 1e-3 < floor["state_error"] < 1
+
+
+def test_subspace_floor_is_exact_with_every_direction_and_refuses_too_many(tmp_path):
+    common = [sys.executable, str(ROOT / "benchmarks" / "subspace_floor.py"), "--quick",
+              "--mesh", str(ROOT / "meshes" / "unit_square_r0.msh"), "--out", str(tmp_path)]
+    proc = subprocess.run([*common, "--modes", "1000000"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
+        "subspace_floor: error: --modes must lie in [1, ")
+    n_nodes = int(proc.stderr.strip().splitlines()[-1].split(", ")[1].split("]")[0])
+    proc = subprocess.run([*common, "--modes", "4", str(n_nodes)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "subspace_floor" / "subspace_floor.png").stat().st_size > 0
+    summary = json.loads((tmp_path / "subspace_floor" / "subspace_floor.json").read_text())
+    for basis in ("principal_components", "laplacian_modes"):
+        few, every = summary[basis]["4"], summary[basis][str(n_nodes)]
+        assert every["residual"] < 1e-9 and every["state_error"] < 1e-9, basis  # the data themselves
+        assert few["residual"] > 0.1 * summary["trivial"]["residual"], basis

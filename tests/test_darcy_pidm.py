@@ -86,7 +86,8 @@ def test_solve_state_recovers_the_data_pressure_and_flags_a_non_positive_k(exper
     # another sample's permeability gives another pressure; a doubled K halves it
     other = torch.stack([x[:, 0], x.roll(1, dims=0)[:, 1]], dim=1)
     assert float((experiment.solve_state(other) - p).abs().max()) > 0.05 * float(p.abs().max())
-    torch.testing.assert_close(experiment.solve_state(x * torch.tensor([1.0, 2.0], dtype=torch.float64)[:, None]), 0.5 * p)
+    doubled_k = x * torch.tensor([1.0, 2.0], dtype=torch.float64)[:, None]
+    torch.testing.assert_close(experiment.solve_state(doubled_k), 0.5 * p)
     bad = x.clone()
     bad[1, 1, 0] = -1.0
     solved = experiment.solve_state(bad)
@@ -182,7 +183,8 @@ def test_diffusion_loss_methods(experiment):
         small_config(diffusion={"physics_t_fraction": 0.0})
     with pytest.raises(ConfigError, match="diffusion.c_eq"):
         diffusion_loss(small_config(diffusion={"c_eq": 1.0}).diffusion, experiment.schedule, normalizer, forbidden)
-    # trajectory states: training PIDM only, with the steps t < fraction * T of the chain (T = 20, 4 steps: 19, 14, 9, 4)
+    # trajectory states: training PIDM only, with the steps t < fraction * T of the chain
+    # (T = 20, 4 steps: 19, 14, 9, 4)
     traced = small_config(diffusion={"trajectory_every": 5, "trajectory_steps": 4, "trajectory_t_fraction": 0.5})
     for method, training, expected in (("pidm", True, 10), ("pidm", False, None), ("ddpm", True, None)):
         diffusion = dataclasses.replace(traced.diffusion, method=method)

@@ -100,7 +100,8 @@ class SampleFile:
             raise DatasetError(self.path, f"not a pidm_fem sample file (format {attrs.get('format')!r})")
         if attrs["fingerprint"] != fingerprint:
             raise DatasetError(
-                self.path, f"made for another mesh or field layout (fingerprint {attrs['fingerprint']}, expected {fingerprint})"
+                self.path,
+                f"made for another mesh or field layout (fingerprint {attrs['fingerprint']}, expected {fingerprint})",
             )
         if settings_json is not None and attrs["settings"] != settings_json:
             raise DatasetError(self.path, f"made with other settings ({attrs['settings']}, expected {settings_json})")
