@@ -84,7 +84,7 @@ def trace(experiment, n_samples: int, every: int) -> dict[str, dict[int, dict[st
         "noised_data": {t: scores(experiment, noised[t][0]) for t in chosen},
     }
     if isinstance(model, SubspaceDenoiser):  # what a perfect model confined to the subspace reaches
-        projected = normalizer.denormalize(model.project(normalizer.normalize(test)))
+        projected = normalizer.denormalize(model.subspaces.project(normalizer.normalize(test)))
         curves["subspace_floor"] = scores(experiment, projected)
     return curves
 

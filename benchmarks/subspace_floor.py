@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm.auto import tqdm
 
     from pidm_fem.atomic_files import atomic_directory, write_json
-    from pidm_fem.diffusion import principal_subspace
+    from pidm_fem.diffusion import FieldSubspaces
     from pidm_fem.evaluation import zero_channel
     from pidm_fem.experiments import DarcyExperiment
     from pidm_fem.mesh.builtin import MESH_DIR
@@ -80,22 +80,19 @@ def main(argv: list[str] | None = None) -> int:
     train = normalizer.normalize(experiment.node_tensor(experiment.dataset().train)).double()
     test_physical = experiment.fields.to_nodes(torch.as_tensor(experiment.dataset().test))
     test = normalizer.normalize(test_physical)
-    weights = torch.as_tensor(experiment.problem.lumped_mass())
+    weights = experiment.problem.lumped_mass()
     means = [train[:, channel].mean(dim=0) for channel in range(2)]
 
-    def floor(subspaces) -> dict[str, float]:
-        projected = torch.stack([mean + ((test[:, c] - mean) * weights) @ basis @ basis.T
-                                 for c, (mean, basis) in enumerate(subspaces)], dim=1)
-        return scores(experiment, normalizer.denormalize(projected))
+    def floor(subspaces: FieldSubspaces) -> dict[str, float]:
+        return scores(experiment, normalizer.denormalize(subspaces.project(test)))
 
     trivial = scores(experiment, zero_channel(test_physical, experiment.fields.channel("p")))
     results = {"principal_components": {}, "laplacian_modes": {}}
     for m in tqdm(sorted(args.modes), desc="modes", unit="M"):
         if m <= n_train:
-            results["principal_components"][m] = floor([principal_subspace(train[:, c], weights, m)
-                                                        for c in range(2)])
+            results["principal_components"][m] = floor(experiment.principal_subspaces(normalizer, m))
         basis = laplacian_modes(experiment, m)
-        results["laplacian_modes"][m] = floor([(mean, basis) for mean in means])
+        results["laplacian_modes"][m] = floor(FieldSubspaces([(mean, basis) for mean in means], weights))
     summary = {"mesh": str(mesh), "n_nodes": n_nodes, "n_train": n_train, "n_test": len(test),
                "trivial": trivial, **results}
     from pidm_fem.viz import plot_trajectories

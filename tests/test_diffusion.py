@@ -22,7 +22,7 @@ from pidm_fem.diffusion.normalization import FieldNormalizer, LinearChannelMap, 
 from pidm_fem.diffusion.parameterization import VPredictionDenoiser, x0_denoiser
 from pidm_fem.diffusion.samplers import sample
 from pidm_fem.diffusion.schedule import CosineSchedule
-from pidm_fem.diffusion.subspace import SubspaceDenoiser, principal_subspace
+from pidm_fem.diffusion.subspace import FieldSubspaces, SubspaceDenoiser, principal_subspace
 from pidm_fem.diffusion.trajectory_states import TrajectoryStates
 
 C, N = 2, 5  # fields and nodes of the toy samples
@@ -745,7 +745,7 @@ def test_subspace_denoiser_projects_every_channel_and_keeps_the_networks_state_d
         def forward(self, x, t, cond=None, scalars=None):
             return self.scale * x
 
-    model = SubspaceDenoiser(Raw(), subspaces, weights)
+    model = SubspaceDenoiser(Raw(), FieldSubspaces(subspaces, weights))
     assert list(model.state_dict()) == ["denoiser.scale"]
     x = torch.as_tensor(rng.normal(size=(4, 2, n)))
     out = model(x, torch.zeros(4, dtype=torch.int64))
@@ -755,8 +755,8 @@ def test_subspace_denoiser_projects_every_channel_and_keeps_the_networks_state_d
         residual = 2 * x[:, channel] - out[:, channel]
         torch.testing.assert_close((residual * torch.as_tensor(weights)) @ basis,
                                    torch.zeros(4, basis.shape[1], dtype=torch.float64), atol=1e-12, rtol=0)
-    torch.testing.assert_close(model.project(out), out)  # idempotent
+    torch.testing.assert_close(model.subspaces.project(out), out)  # idempotent
     with pytest.raises(ValueError, match="the samples have 1 channels, the subspaces are 2"):
         model(x[:, :1], torch.zeros(4, dtype=torch.int64))
     with pytest.raises(ValueError, match="does not match the 12 nodes"):
-        SubspaceDenoiser(Raw(), [(subspaces[0][0][:-1], subspaces[0][1])], weights)
+        FieldSubspaces([(subspaces[0][0][:-1], subspaces[0][1])], weights)

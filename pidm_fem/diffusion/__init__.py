@@ -15,7 +15,7 @@ from pidm_fem.diffusion.normalization import ChannelMap, FieldNormalizer, Linear
 from pidm_fem.diffusion.parameterization import VPredictionDenoiser, x0_denoiser
 from pidm_fem.diffusion.samplers import sample
 from pidm_fem.diffusion.schedule import CosineSchedule
-from pidm_fem.diffusion.subspace import SubspaceDenoiser, principal_subspace
+from pidm_fem.diffusion.subspace import FieldSubspaces, SubspaceDenoiser, principal_subspace
 from pidm_fem.diffusion.trajectory_states import TrajectoryStates
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "CoCoGenCorrector",
     "CosineSchedule",
     "FieldNormalizer",
+    "FieldSubspaces",
     "Functional",
     "LinearChannelMap",
     "LinearViewInputs",

@@ -60,30 +60,22 @@ def principal_subspace(
     return mean, directions[:modes].T / root[:, None]
 
 
-class SubspaceDenoiser(nn.Module):
-    """An x0 denoiser whose estimate of each channel is projected onto an affine subspace.
+class FieldSubspaces(nn.Module):
+    """An affine subspace per channel of samples (B, C, n), and the projection onto them.
 
-    Channel c of the estimate becomes ``mean_c + B_c B_c^T W (x0_c - mean_c)``, B_c
+    Channel c of a sample becomes ``mean_c + B_c B_c^T W (x_c - mean_c)``, B_c
     orthonormal in the weighted inner product W (:func:`principal_subspace`).
 
     Parameters
     ----------
-    denoiser
-        ``denoiser(x_t, t, cond=None, scalars=None) -> x0_hat`` (B, C, n).
     subspaces
         ``(mean (n,), basis (n, M_c))`` of every channel, in channel order.
     weights
         Node weights (n,) of the inner product.
     """
 
-    def __init__(
-        self,
-        denoiser: nn.Module,
-        subspaces: list[tuple[torch.Tensor, torch.Tensor]],
-        weights: torch.Tensor | np.ndarray,
-    ):
+    def __init__(self, subspaces: list[tuple[torch.Tensor, torch.Tensor]], weights: torch.Tensor | np.ndarray):
         super().__init__()
-        self.denoiser = denoiser
         weights = torch.as_tensor(weights, dtype=torch.float64)
         for channel, (mean, basis) in enumerate(subspaces):
             if mean.shape != weights.shape or basis.ndim != 2 or basis.shape[0] != weights.shape[0]:
@@ -95,7 +87,7 @@ class SubspaceDenoiser(nn.Module):
         self.n_channels = len(subspaces)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        """Samples (B, C, n) in the network's units with each channel projected onto its subspace."""
+        """Samples (B, C, n) with each channel projected onto its subspace."""
         if x.shape[1] != self.n_channels:
             raise ValueError(f"the samples have {x.shape[1]} channels, the subspaces are {self.n_channels}")
         channels = []
@@ -104,8 +96,25 @@ class SubspaceDenoiser(nn.Module):
             channels.append(mean + ((x[:, channel] - mean) @ dual) @ basis.T)
         return torch.stack(channels, dim=1)
 
+
+class SubspaceDenoiser(nn.Module):
+    """An x0 denoiser whose estimate of each channel is projected onto an affine subspace.
+
+    Parameters
+    ----------
+    denoiser
+        ``denoiser(x_t, t, cond=None, scalars=None) -> x0_hat`` (B, C, n).
+    subspaces
+        The subspaces of the estimate's channels.
+    """
+
+    def __init__(self, denoiser: nn.Module, subspaces: FieldSubspaces):
+        super().__init__()
+        self.denoiser = denoiser
+        self.subspaces = subspaces
+
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None, scalars: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """The denoiser's estimate for samples x (B, C, n) at steps t (B,), projected (:meth:`project`)."""
-        return self.project(self.denoiser(x, t, cond=cond, scalars=scalars))
+        """The denoiser's estimate for samples x (B, C, n) at steps t (B,), each channel projected."""
+        return self.subspaces.project(self.denoiser(x, t, cond=cond, scalars=scalars))

@@ -44,6 +44,7 @@ from pidm_fem.diffusion import (
     CoCoGenCorrector,
     CosineSchedule,
     FieldNormalizer,
+    FieldSubspaces,
     Functional,
     LinearChannelMap,
     LinearViewInputs,
@@ -386,7 +387,7 @@ class DarcyExperiment:
         """Per-field statistics of the training split, in the coordinates of ``diffusion.representation``."""
         return FieldNormalizer.fit(self.node_tensor(self.dataset().train), self.channel_maps())
 
-    def build_model(self) -> nn.Module:
+    def build_model(self, normalizer: FieldNormalizer | None = None) -> nn.Module:
         """A freshly initialised denoiser of ``config.model``, seeded by ``training.seed``.
 
         Physics-guided conditioning gives it one condition channel per field, and
@@ -395,8 +396,8 @@ class DarcyExperiment:
         the network predicts v and is wrapped into an x0 denoiser
         (:class:`~pidm_fem.diffusion.VPredictionDenoiser`). With ``model.output_modes``
         its estimate is confined to the training data's principal subspace of each field
-        (:class:`~pidm_fem.diffusion.SubspaceDenoiser`, in the network's units). The
-        global torch RNG is left as it was.
+        (:class:`~pidm_fem.diffusion.SubspaceDenoiser`, in the units of ``normalizer``,
+        fitted here when None). The global torch RNG is left as it was.
         """
         n_fields = self.fields.n_channels
         views = self.input_views()
@@ -416,10 +417,19 @@ class DarcyExperiment:
         modes = self.config.model.output_modes
         if not modes:
             return denoiser
+        normalizer = self.fit_normalizer() if normalizer is None else normalizer
+        return SubspaceDenoiser(denoiser, self.principal_subspaces(normalizer, modes))
+
+    def principal_subspaces(self, normalizer: FieldNormalizer, modes: int) -> FieldSubspaces:
+        """The mean and ``modes`` leading principal components of each field of the training split.
+
+        In the units of ``normalizer``, orthonormal in the lumped-mass inner product
+        (:func:`~pidm_fem.diffusion.principal_subspace`).
+        """
         weights = self.problem.lumped_mass()
-        train = self.fit_normalizer().normalize(self.node_tensor(self.dataset().train))
-        subspaces = [principal_subspace(train[:, channel], weights, modes) for channel in range(n_fields)]
-        return SubspaceDenoiser(denoiser, subspaces, weights)
+        train = normalizer.normalize(self.node_tensor(self.dataset().train))
+        subspaces = [principal_subspace(train[:, channel], weights, modes) for channel in range(train.shape[1])]
+        return FieldSubspaces(subspaces, weights)
 
     def trainer(self) -> Trainer:
         """A :class:`~pidm_fem.training.Trainer` on the training split, resuming from the run folder.
@@ -449,7 +459,7 @@ class DarcyExperiment:
 
         val_data = {"x0": self.node_tensor(splits.val)} if len(splits.val) else None
         return Trainer(
-            self.build_model(),
+            self.build_model(normalizer),
             loss_fn,
             {"x0": self.node_tensor(splits.train)},
             self.config,
@@ -486,7 +496,7 @@ class DarcyExperiment:
             if saved.get(section) != ours[section]:
                 raise CheckpointError(path, f"trained with another {section} configuration than this experiment's")
         normalizer = FieldNormalizer.from_state_dict(state.extra[NORMALIZER_KEY], self.channel_maps())
-        model = self.build_model()
+        model = self.build_model(normalizer)
         model.load_state_dict(state.ema["shadow"])
         return model.to(torch.device(self.config.training.device)).eval(), normalizer
 
