@@ -88,11 +88,11 @@ def main(argv: list[str] | None = None) -> int:
 
     trivial = scores(experiment, zero_channel(test_physical, experiment.fields.channel("p")))
     results = {"principal_components": {}, "laplacian_modes": {}}
+    smoothest = laplacian_modes(experiment, max(args.modes))
     for m in tqdm(sorted(args.modes), desc="modes", unit="M"):
         if m <= n_train:
             results["principal_components"][m] = floor(experiment.principal_subspaces(normalizer, m))
-        basis = laplacian_modes(experiment, m)
-        results["laplacian_modes"][m] = floor(FieldSubspaces([(mean, basis) for mean in means], weights))
+        results["laplacian_modes"][m] = floor(FieldSubspaces([(mean, smoothest[:, :m]) for mean in means], weights))
     summary = {"mesh": str(mesh), "n_nodes": n_nodes, "n_train": n_train, "n_test": len(test),
                "trivial": trivial, **results}
     from pidm_fem.viz import plot_trajectories
