@@ -93,6 +93,14 @@ QUICK_METHODS = tuple(m for m in METHODS if not m.startswith("pidm_trajectory"))
 SAMPLER_OPTIONS = ("sampler", "ddim_steps", "eta")
 
 
+def add_output_folder_arguments(parser: argparse.ArgumentParser, out_help: str) -> None:
+    """``--quick``, ``--mesh`` and ``--out`` of the tools that read a darcy_mesh output folder."""
+    parser.add_argument("--quick", action="store_const", dest="mode", const="quick", default="default",
+                        help="the quick mode's mesh and data")
+    parser.add_argument("--mesh", type=Path, default=None, help="mesh file (default: the mode's)")
+    parser.add_argument("--out", type=Path, default=None, help=f"{out_help} (default: outputs/darcy_mesh_<mode>)")
+
+
 def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
     """The options that override the run's sampler (here and in sampling_trajectory.py)."""
     parser.add_argument("--sampler", choices=("ddpm", "ddim"), default=None,

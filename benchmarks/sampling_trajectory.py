@@ -33,14 +33,10 @@ UNCONDITIONED = ("ddpm", "pidm_mean", "pidm_sample", "pidm_trajectory")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from darcy_mesh import add_sampler_arguments
+    from darcy_mesh import add_output_folder_arguments, add_sampler_arguments
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_const", dest="mode", const="quick", default="default",
-                        help="the quick mode's default mesh")
-    parser.add_argument("--mesh", type=Path, default=None, help="mesh file of the runs (default: the mode's)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="darcy_mesh output folder with runs/<method>/last.pt (default: outputs/darcy_mesh_<mode>)")
+    add_output_folder_arguments(parser, "darcy_mesh output folder with runs/<method>/last.pt")
     parser.add_argument("--methods", nargs="+", choices=UNCONDITIONED, default=None,
                         help="runs to trace (default: every one of them the folder holds)")
     parser.add_argument("--n-samples", type=int, default=32, help="samples and test fields per method")

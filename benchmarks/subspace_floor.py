@@ -26,12 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from darcy_mesh import add_output_folder_arguments
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_const", dest="mode", const="quick", default="default",
-                        help="the quick mode's mesh and data")
-    parser.add_argument("--mesh", type=Path, default=None, help="mesh file (default: the mode's)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="output folder, whose data/ is reused (default: outputs/darcy_mesh_<mode>)")
+    add_output_folder_arguments(parser, "output folder, whose data/ is reused")
     parser.add_argument("--modes", type=int, nargs="+", default=[64, 128, 256, 512],
                         help="numbers of directions per field")
     return parser.parse_args(argv)
@@ -88,11 +86,13 @@ def main(argv: list[str] | None = None) -> int:
 
     trivial = scores(experiment, zero_channel(test_physical, experiment.fields.channel("p")))
     results = {"principal_components": {}, "laplacian_modes": {}}
-    smoothest = laplacian_modes(experiment, max(args.modes))
+    smoothest = FieldSubspaces([(mean, laplacian_modes(experiment, max(args.modes))) for mean in means], weights)
+    pca_modes = [m for m in args.modes if m <= n_train]
+    principal = experiment.principal_subspaces(normalizer, max(pca_modes)) if pca_modes else None
     for m in tqdm(sorted(args.modes), desc="modes", unit="M"):
         if m <= n_train:
-            results["principal_components"][m] = floor(experiment.principal_subspaces(normalizer, m))
-        results["laplacian_modes"][m] = floor(FieldSubspaces([(mean, smoothest[:, :m]) for mean in means], weights))
+            results["principal_components"][m] = floor(principal.leading(m))
+        results["laplacian_modes"][m] = floor(smoothest.leading(m))
     summary = {"mesh": str(mesh), "n_nodes": n_nodes, "n_train": n_train, "n_test": len(test),
                "trivial": trivial, **results}
     from pidm_fem.viz import plot_trajectories

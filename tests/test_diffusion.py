@@ -758,5 +758,12 @@ def test_subspace_denoiser_projects_every_channel_and_keeps_the_networks_state_d
     torch.testing.assert_close(model.subspaces.project(out), out)  # idempotent
     with pytest.raises(ValueError, match="the samples have 1 channels, the subspaces are 2"):
         model(x[:, :1], torch.zeros(4, dtype=torch.int64))
+    # the leading directions of the larger subspace are the smaller principal subspace
+    data = rng.normal(size=(8, n))
+    wide, narrow = principal_subspace(data, weights, 6), principal_subspace(data, weights, 3)
+    leading = FieldSubspaces([wide], weights).leading(3)
+    torch.testing.assert_close(leading.project(x[:, :1]), FieldSubspaces([narrow], weights).project(x[:, :1]))
+    with pytest.raises(ValueError, match=r"modes must lie in \[1, 6\], got 7"):
+        FieldSubspaces([wide], weights).leading(7)
     with pytest.raises(ValueError, match="does not match the 12 nodes"):
         FieldSubspaces([(subspaces[0][0][:-1], subspaces[0][1])], weights)

@@ -84,7 +84,23 @@ class FieldSubspaces(nn.Module):
             self.register_buffer(f"mean_{channel}", mean.clone(), persistent=False)
             self.register_buffer(f"basis_{channel}", basis.clone(), persistent=False)
             self.register_buffer(f"dual_{channel}", (basis * weights[:, None]).clone(), persistent=False)
+        self.register_buffer("weights", weights.clone(), persistent=False)
         self.n_channels = len(subspaces)
+
+    def leading(self, modes: int) -> FieldSubspaces:
+        """The subspaces of the first ``modes`` directions of each basis (for a basis ordered by importance).
+
+        Raises
+        ------
+        ValueError
+            If a basis has fewer than ``modes`` directions, or ``modes`` is not positive.
+        """
+        bases = [getattr(self, f"basis_{channel}") for channel in range(self.n_channels)]
+        if not 1 <= modes <= min(basis.shape[1] for basis in bases):
+            raise ValueError(f"modes must lie in [1, {min(basis.shape[1] for basis in bases)}], got {modes}")
+        return FieldSubspaces(
+            [(getattr(self, f"mean_{channel}"), basis[:, :modes]) for channel, basis in enumerate(bases)], self.weights
+        )
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """Samples (B, C, n) with each channel projected onto its subspace."""
