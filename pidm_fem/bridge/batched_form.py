@@ -42,7 +42,7 @@ def batched_space(space: fd.FunctionSpace, chunk: int) -> fd.FunctionSpace:
     return fd.VectorFunctionSpace(space.mesh(), element, dim=chunk)
 
 
-def component(batched, i: int, shape: tuple[int, ...]):
+def component(batched: ufl.core.expr.Expr, i: int, shape: tuple[int, ...]) -> ufl.core.expr.Expr:
     """Sample ``i`` of a batched UFL expression with per-sample value shape ``shape``."""
     if not shape:
         return batched[i]

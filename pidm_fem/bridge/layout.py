@@ -59,7 +59,7 @@ class FieldLayout:
         return cls(tuple(fields), tuple(fields.values()))
 
     @property
-    def mesh(self):
+    def mesh(self) -> fd.MeshGeometry:
         """The mesh of the fields."""
         return self.spaces[0].mesh()
 

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import firedrake
+    from mpi4py import MPI
 
 #: folder of the shipped meshes (``meshes/`` at the top of the project)
 MESH_DIR = Path(__file__).resolve().parents[2] / "meshes"
@@ -20,7 +25,7 @@ def unit_square_family() -> list[Path]:
     return [MESH_DIR / name for name in UNIT_SQUARE_FAMILY]
 
 
-def structured_grid_mesh(nodes_per_side: int = 64, comm=None):
+def structured_grid_mesh(nodes_per_side: int = 64, comm: MPI.Comm | None = None) -> firedrake.MeshGeometry:
     """Structured triangulation of the unit square whose P1 nodes form a grid.
 
     Parameters

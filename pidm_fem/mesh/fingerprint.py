@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    import firedrake
 
-def mesh_fingerprint(mesh) -> str:
+
+def mesh_fingerprint(mesh: firedrake.MeshGeometry) -> str:
     """SHA-256 (hex, 16 characters) of the mesh's coordinates, cells and boundary markers.
 
     Two loads of the same file give the same fingerprint; any change of a

@@ -14,8 +14,13 @@ import contextlib
 import io
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import firedrake
+    from mpi4py import MPI
 
 #: cell-data names searched, in order, for integer boundary tags of line cells
 TAG_NAMES = ("gmsh:physical", "medit:ref", "cell_tags", "boundary_ids")
@@ -31,7 +36,9 @@ class MeshError(ValueError):
         super().__init__(f"{self.path}: {self.problem}")
 
 
-def load_mesh(path: str | os.PathLike, *, name: str | None = None, comm=None):
+def load_mesh(
+    path: str | os.PathLike, *, name: str | None = None, comm: MPI.Comm | None = None
+) -> firedrake.MeshGeometry:
     """Load a 2D triangle mesh with its boundary markers.
 
     Parameters

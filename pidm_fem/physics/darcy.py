@@ -13,6 +13,7 @@ comparable across meshes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -20,6 +21,7 @@ import firedrake as fd
 import numpy as np
 import torch
 import ufl
+from ufl.core.expr import Expr
 
 from ..bridge import BatchedFormOperator, FieldLayout, TapedOperator, TorchFEM
 from .darcy_batch_solve import NEUMANN_LU, BatchedDarcySolver, constant_nullspace, solve_from_zero, zero_mean
@@ -32,7 +34,7 @@ PAPER_SOURCE_BOX = 0.125
 RESIDUAL_KINDS = ("strong", "weak", "preconditioned")
 
 
-def darcy_residual(p, K, v, f) -> ufl.Form:
+def darcy_residual(p: Expr, K: Expr, v: Expr, f: Expr) -> ufl.Form:
     """Weak Darcy residual 1-form ``(K grad p . grad v - f v) dx``.
 
     Works for any UFL expressions ``p``, ``K``, ``f`` and test function ``v``.
@@ -47,7 +49,7 @@ def _is_unit_square(mesh) -> bool:
     return np.allclose(lo, 0.0, atol=1e-12) and np.allclose(hi, 1.0, atol=1e-12) and abs(area - 1.0) < 1e-10
 
 
-def balanced_source(space: fd.FunctionSpace, positive, negative) -> fd.Function:
+def balanced_source(space: fd.FunctionSpace, positive: Expr, negative: Expr) -> fd.Function:
     """``positive - c * negative`` interpolated into ``space``, with c making its integral zero.
 
     The integrals use the same quadrature as the residual, so the discrete
@@ -139,7 +141,7 @@ class DarcyProblem:
             raise ValueError(f"source must be 'auto', 'paper', 'bumps' or a UFL expression, got {source!r}")
         return builders[kind](self.V)
 
-    def residual(self, p, K, v) -> ufl.Form:
+    def residual(self, p: Expr, K: Expr, v: Expr) -> ufl.Form:
         """Weak residual 1-form for fields ``p``, ``K`` and test function ``v``."""
         return darcy_residual(p, K, v, self.f)
 
@@ -154,7 +156,7 @@ class DarcyProblem:
         v = fd.TestFunction(self.V)
         return TapedOperator(self.layout, lambda fields, data: fd.assemble(self.residual(fields["p"], fields["K"], v)))
 
-    def torch_residual(self, kind: str = "strong", chunk: int = 32):
+    def torch_residual(self, kind: str = "strong", chunk: int = 32) -> Callable[[torch.Tensor], torch.Tensor]:
         """Differentiable torch residual of batches of rows ``[p, K]``.
 
         Parameters
