@@ -22,17 +22,14 @@ import argparse
 import contextlib
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from bridge_speed import timed  # noqa: E402  (the benchmarks folder is not a package)
-
-from pidm_fem.models.mesh_denoiser import MeshDenoiser, PhysicsAttention  # noqa: E402
+from pidm_fem.models.mesh_denoiser import MeshDenoiser, PhysicsAttention
 
 
 def textbook_forward(attention: PhysicsAttention, h: torch.Tensor, node_weights: torch.Tensor) -> torch.Tensor:
@@ -72,6 +69,13 @@ def forward_backward(module: torch.nn.Module, *inputs: torch.Tensor) -> list[tor
     ]
 
 
+def seconds(fn) -> float:
+    """Wall time of one call of ``fn``."""
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def largest_relative_difference(first: list[torch.Tensor], second: list[torch.Tensor]) -> float:
     """Largest ``max|a - b| / max|a|`` over pairs of tensors."""
     return max(float((a - b).abs().max() / a.abs().max().clamp_min(1e-30)) for a, b in zip(first, second))
@@ -82,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--width", type=int, default=16, help="width of the mesh denoiser")
     parser.add_argument("--mesh", type=Path, default=None)
-    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=9)
     parser.add_argument("--out", type=Path, default=Path("outputs/attention_speed"))
     args = parser.parse_args(argv)
     os.environ.setdefault("PETSC_OPTIONS", "-options_left no")
@@ -111,14 +115,14 @@ def main(argv: list[str] | None = None) -> int:
     results = {"mesh": str(mesh_path), "n_nodes": nodes.n_nodes, "batch": args.batch, "width": args.width,
                "threads": torch.get_num_threads()}
     for name, fn in (("layer", layer), ("network", network)):
-        fused_values = fn()
+        fused_values = fn()  # also the warm-up of each form
         with textbook_attention():
             textbook_values = fn()
         fused_times, textbook_times = [], []
         for _ in range(args.repeat):  # alternate, so that the machine's noise falls on both
-            fused_times.append(timed(fn, 1))
+            fused_times.append(seconds(fn))
             with textbook_attention():
-                textbook_times.append(timed(fn, 1))
+                textbook_times.append(seconds(fn))
         fused, textbook = float(np.median(fused_times)), float(np.median(textbook_times))
         results[name] = {"fused_s": fused, "textbook_s": textbook, "speedup": textbook / fused,
                          "largest_relative_difference": largest_relative_difference(textbook_values, fused_values)}
