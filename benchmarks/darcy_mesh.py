@@ -129,6 +129,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--c-residual", type=float, default=None, help="override the residual weight of PIDM")
     parser.add_argument("--field-views", action="store_const", const=True, default=None,
                         help="the denoiser also sees the pressure beside its Laplacian (elliptic coordinates)")
+    parser.add_argument("--gradient-views", action="store_const", const=True, default=None,
+                        help="the denoiser also sees the recovered nodal gradient of every field")
     parser.add_argument("--output-modes", type=int, default=None,
                         help="confine each field of the clean estimate to the training data's leading principal "
                              "components (this many; 0: off)")
@@ -184,6 +186,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 OVERRIDES = {
     "width": ("model", "width"),
     "field_views": ("model", "field_views"),
+    "gradient_views": ("model", "gradient_views"),
     "output_modes": ("model", "output_modes"),
     "c_residual": ("diffusion", "c_residual"),
     "representation": ("diffusion", "representation"),

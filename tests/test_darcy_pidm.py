@@ -312,17 +312,37 @@ def test_field_views_show_the_network_the_pressure_under_elliptic_coordinates(da
     config = small_config(model={"width": 8, "field_views": True}, diffusion={"representation": "elliptic", "T": 10},
                           training={"steps": 2, "batch_size": 2}, sampling={"sampler": "ddim", "ddim_steps": 2})
     experiment = DarcyExperiment(config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path, progress=False)
-    assert list(experiment.input_views()) == [experiment.fields.channel("p")]
+    views = experiment.input_views()
+    assert [channel for channel, _ in views] == [experiment.fields.channel("p")]
     experiment.train()
     rows = experiment.sample(2)
     assert np.isfinite(rows).all()
     # the view is the pressure: the map G takes the Laplacian coordinates back to p (of zero mean)
     p = experiment.fields.to_nodes(torch.as_tensor(experiment.dataset().train))[:, 0]
     q = experiment.channel_maps()[0].forward(p)
-    torch.testing.assert_close(q @ experiment.input_views()[0].T, p, rtol=1e-8, atol=1e-12)
+    torch.testing.assert_close(q @ views[0][1].T, p, rtol=1e-8, atol=1e-12)
     nodal = dataclasses.replace(config, diffusion=dataclasses.replace(config.diffusion, representation="nodal"))
     with pytest.raises(ConfigError, match="model.field_views: no field is linearly mapped"):
         DarcyExperiment(nodal, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path / "nodal", progress=False).build_model()
+
+
+def test_gradient_views_are_the_recovered_gradients_of_the_physical_fields(data_dir, tmp_path):
+    config = small_config(model={"width": 8, "field_views": True, "gradient_views": True},
+                          diffusion={"representation": "elliptic", "T": 10},
+                          training={"steps": 2, "batch_size": 2}, sampling={"sampler": "ddim", "ddim_steps": 2})
+    experiment = DarcyExperiment(config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path, progress=False)
+    views = experiment.input_views()
+    P, K = experiment.fields.channel("p"), experiment.fields.channel("K")
+    assert [channel for channel, _ in views] == [P, P, P, K, K]
+    fields = experiment.fields.to_nodes(torch.as_tensor(experiment.dataset().train))
+    maps = experiment.channel_maps()
+    q, log_k = maps[P].forward(fields[:, P]), maps[K].forward(fields[:, K])
+    gradient = torch.tensor(experiment.mesh.nodal_gradient)
+    for axis in range(2):
+        torch.testing.assert_close(q @ views[1 + axis][1].T, fields[:, P] @ gradient[axis].T, rtol=1e-8, atol=1e-10)
+        torch.testing.assert_close(log_k @ views[3 + axis][1].T, log_k @ gradient[axis].T)
+    experiment.train()
+    assert np.isfinite(experiment.sample(2)).all()
 
 
 def test_physics_guided_run_samples_with_guidance(data_dir, tmp_path):

@@ -687,18 +687,19 @@ def test_linear_views_append_the_scaled_mapped_channels_to_the_condition():
     matrix = torch.randn(n, n, generator=g, dtype=torch.float64)
     assert spectral_norm_estimate(matrix) == pytest.approx(float(torch.linalg.matrix_norm(matrix, 2)), rel=1e-6)
     recorder = _CondRecorder()
-    model = LinearViewInputs(recorder, {1: matrix})
-    assert model.n_views == 1 and not model.state_dict()  # the view is rebuilt, not stored
+    model = LinearViewInputs(recorder, [(1, matrix), (1, 2 * matrix)])
+    assert model.n_views == 2 and not model.state_dict()  # the view is rebuilt, not stored
     x = torch.randn(3, 2, n, generator=g)
     cond = torch.randn(3, 2, n, generator=g)
     assert torch.equal(model(x, torch.zeros(3, dtype=torch.int64), cond=cond), x)
     expected = x[:, 1] @ (matrix / torch.linalg.matrix_norm(matrix, 2)).float().T
-    assert recorder.cond.shape == (3, 3, n) and torch.equal(recorder.cond[:, :2], cond)
+    assert recorder.cond.shape == (3, 4, n) and torch.equal(recorder.cond[:, :2], cond)
     torch.testing.assert_close(recorder.cond[:, 2], expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(recorder.cond[:, 3], expected, rtol=1e-5, atol=1e-6)  # scale-free
     model(x, torch.zeros(3, dtype=torch.int64))
-    assert recorder.cond.shape == (3, 1, n)
+    assert recorder.cond.shape == (3, 2, n)
     with pytest.raises(ValueError, match="at least one view"):
-        LinearViewInputs(recorder, {})
+        LinearViewInputs(recorder, [])
 
 
 # ---------------------------------------------------------------- principal subspace of the estimate

@@ -98,6 +98,25 @@ def test_mesh_nodes_derived_quantities_and_validation():
         MeshNodes([[0, 0], [1, 0], [2, 0]], [[0, 1, 2]])
 
 
+def test_nodal_gradient_is_exact_for_linear_fields_and_converges_inside():
+    mesh = l_shaped_mesh()
+    gradient = mesh.nodal_gradient
+    assert gradient.shape == (2, mesh.n_nodes, mesh.n_nodes) and not gradient.flags.writeable
+    np.testing.assert_allclose(gradient @ linear_function(mesh.coordinates), [[1.7], [-2.2]] * np.ones(mesh.n_nodes),
+                               atol=1e-12)
+    errors = []
+    for n_side in (9, 17, 33):
+        coordinates, triangles = grid_triangulation(n_side)
+        fine = MeshNodes(coordinates, triangles)
+        x, y = coordinates.T
+        interior = (x > 0.2) & (x < 0.8) & (y > 0.2) & (y < 0.8)
+        recovered = fine.nodal_gradient @ (np.sin(3 * x) * np.cos(2 * y))
+        exact = np.stack([3 * np.cos(3 * x) * np.cos(2 * y), -2 * np.sin(3 * x) * np.sin(2 * y)])
+        errors.append(np.abs(recovered - exact)[:, interior].max())
+    rates = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
+    assert (rates > 0.9).all(), (errors, rates)
+
+
 # --- raster operators -------------------------------------------------------------------------
 
 

@@ -10,11 +10,14 @@ network ``G x_t`` (in normalised units, so a smoothed copy of the noisy channel,
 pressure up to scale and shift) beside x_t itself: the same information, in the
 coordinates in which the coupling is local. It adds no knowledge of the equation: the
 view is the inverse of the change of coordinates that the representation already uses.
+Views of the fields' recovered gradients (``D G x_t``, ``D x_t`` for a field the network
+generates directly) hand it the other factor of the coupling, ``grad K . grad p``, at
+the nodes: mesh geometry, again no knowledge of the equation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -46,7 +49,7 @@ class LinearViewInputs(nn.Module):
     """A denoiser whose network also sees fixed linear maps of chosen channels of its input.
 
     ``forward(x, t, cond, scalars)`` calls ``network(x, t, cond=[cond, V_1 x_c1, V_2 x_c2, ...])``:
-    for each ``channel -> V`` of ``views``, the channel of x (B, C, n) mapped by the
+    for each pair ``(channel, V)`` of ``views``, the channel of x (B, C, n) mapped by the
     (n, n) matrix V divided by its spectral norm (so that the view of a unit-variance
     input has at most unit variance), appended after any given condition channels.
     The matrices are kept in torch's default dtype (moved with the module) and are not
@@ -58,16 +61,16 @@ class LinearViewInputs(nn.Module):
         ``network(x, t, cond=None, scalars=None)`` built with ``len(views)`` more
         condition channels than the caller passes.
     views
-        ``{channel index: (n, n) matrix}``, at least one.
+        ``(channel index, (n, n) matrix)`` pairs, at least one; a channel may have several views.
     """
 
-    def __init__(self, network: nn.Module, views: Mapping[int, torch.Tensor]):
+    def __init__(self, network: nn.Module, views: Sequence[tuple[int, torch.Tensor]]):
         super().__init__()
         if not views:
             raise ValueError("LinearViewInputs needs at least one view")
         self.network = network
-        self.channels = tuple(views)
-        for i, matrix in enumerate(views.values()):
+        self.channels = tuple(channel for channel, _ in views)
+        for i, (_, matrix) in enumerate(views):
             matrix = torch.as_tensor(matrix, dtype=torch.float64)
             if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
                 raise ValueError(f"a view must be a square matrix, got shape {tuple(matrix.shape)}")

@@ -362,25 +362,36 @@ class DarcyExperiment:
             self._channel_maps = [maps.get(name) for name in self.fields.names]
         return self._channel_maps
 
-    def input_views(self) -> dict[int, torch.Tensor]:
-        """``{channel: inverse map}`` of the linearly mapped fields when ``model.field_views`` is on, else empty.
+    def input_views(self) -> list[tuple[int, torch.Tensor]]:
+        """``(channel, matrix)`` views of the noisy sample handed to the network (empty when none is on).
+
+        ``model.field_views``: each linearly mapped field by its inverse map (the pressure of
+        its Laplacian); ``model.gradient_views``: the recovered nodal gradient, x then y
+        (:attr:`~pidm_fem.models.MeshNodes.nodal_gradient`), of every field in those
+        physical coordinates.
 
         Raises
         ------
         ConfigError
             If ``model.field_views`` is on but no field is linearly mapped (nodal representation).
         """
-        if not self.config.model.field_views:
-            return {}
-        views = {
+        physical = {
             channel: channel_map.inverse_matrix
             for channel, channel_map in enumerate(self.channel_maps())
             if isinstance(channel_map, LinearChannelMap)
         }
-        if not views:
-            raise ConfigError(
-                "model.field_views: no field is linearly mapped; it needs diffusion.representation: elliptic"
-            )
+        views = []
+        if self.config.model.field_views:
+            if not physical:
+                raise ConfigError(
+                    "model.field_views: no field is linearly mapped; it needs diffusion.representation: elliptic"
+                )
+            views += list(physical.items())
+        if self.config.model.gradient_views:
+            gradient = torch.tensor(self.mesh.nodal_gradient, dtype=torch.float64)
+            for channel in range(self.fields.n_channels):
+                for component in gradient:
+                    views.append((channel, component @ physical[channel] if channel in physical else component))
         return views
 
     def fit_normalizer(self) -> FieldNormalizer:
@@ -391,7 +402,7 @@ class DarcyExperiment:
         """A freshly initialised denoiser of ``config.model``, seeded by ``training.seed``.
 
         Physics-guided conditioning gives it one condition channel per field, and
-        ``model.field_views`` one more per linearly mapped field
+        ``model.field_views`` and ``model.gradient_views`` one more per view
         (:class:`~pidm_fem.diffusion.LinearViewInputs`). With ``diffusion.prediction: v``
         the network predicts v and is wrapped into an x0 denoiser
         (:class:`~pidm_fem.diffusion.VPredictionDenoiser`). With ``model.output_modes``

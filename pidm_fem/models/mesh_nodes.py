@@ -103,6 +103,30 @@ class MeshNodes:
         areas.flags.writeable = False
         return areas
 
+    @cached_property
+    def nodal_gradient(self) -> np.ndarray:
+        """The recovered gradient of P1 fields: matrices (2, n, n) mapping nodal values to d/dx and d/dy at the nodes.
+
+        Each component at a node is the area-weighted mean of the (constant) P1 gradient
+        over the node's triangles, the lumped L2 projection of the gradient onto P1.
+        Exact for linear fields. Dense, like the other per-mesh views (meshes of a few
+        thousand nodes).
+        """
+        corners = self.coordinates[self.triangles]
+        doubled = _doubled_signed_areas(corners)
+        # grad phi_i on a triangle: the opposite edge turned by -90 degrees over twice the signed area
+        opposite = np.roll(corners, -1, axis=1) - np.roll(corners, 1, axis=1)
+        basis_gradients = np.stack([opposite[..., 1], -opposite[..., 0]]) / doubled[None, :, None]
+        # each triangle's share of its nodes' lumped mass, (m, 3): the weights of the mean
+        weights = self.triangle_areas[:, None] / (3.0 * self.node_areas[self.triangles])
+        rows = np.broadcast_to(self.triangles[:, :, None], (self.n_triangles, 3, 3))
+        columns = np.broadcast_to(self.triangles[:, None, :], (self.n_triangles, 3, 3))
+        gradient = np.zeros((2, self.n_nodes, self.n_nodes))
+        for axis in range(2):
+            np.add.at(gradient[axis], (rows, columns), weights[:, :, None] * basis_gradients[axis][:, None, :])
+        gradient.flags.writeable = False
+        return gradient
+
 
 def _doubled_signed_areas(corners: np.ndarray) -> np.ndarray:
     """Twice the signed area of triangles given by their corners, shape (m, 3, 2) -> (m,)."""

@@ -123,6 +123,8 @@ class ModelConfig(_Section):
 
     ``field_views: true`` also hands the network each linearly mapped field in its
     physical coordinates (under elliptic coordinates, the pressure beside its Laplacian).
+    ``gradient_views: true`` hands it the recovered nodal gradient (x and y) of every
+    field in its physical coordinates (of the pressure, not of its Laplacian).
     ``output_modes: M > 0`` confines each channel of the clean estimate to the training
     data's M leading principal components (:class:`~pidm_fem.diffusion.SubspaceDenoiser`).
     """
@@ -132,6 +134,7 @@ class ModelConfig(_Section):
     width: int = _key(32, _at_least(1))
     attention: bool = _key(True)
     field_views: bool = _key(False)
+    gradient_views: bool = _key(False)
     output_modes: int = _key(0, _at_least(0))
 
 
