@@ -264,19 +264,22 @@ def test_mesh_denoiser_outputs_gradients_and_two_meshes():
 def test_physics_attention_is_the_textbook_function_with_its_gradients():
     torch.manual_seed(0)
     mesh = l_shaped_mesh(9)
-    model = MeshDenoiser(2, 2, width=12, n_blocks=2, n_slices=6, n_heads=3, mesh=mesh)
+    # float64: in float32 the two orders of summation differ by round-off (up to 3e-6 of a gradient's largest
+    # entry, machine-dependent), which would hide a wrong formula of that size
+    model = MeshDenoiser(2, 2, width=12, n_blocks=2, n_slices=6, n_heads=3, mesh=mesh).double()
     with torch.no_grad():
         for block in model.blocks:
             block.attention.log_temperature.uniform_(-2.0, 1.0)
             block.modulation.weight.normal_(0.0, 0.1)  # open the gates: the attention must change the output
-    inputs = (torch.randn(3, 2, mesh.n_nodes, requires_grad=True), torch.tensor([0, 40, 99]))
+    x = torch.randn(3, 2, mesh.n_nodes, dtype=torch.float64, requires_grad=True)
+    inputs = (x, torch.tensor([0, 40, 99]))
     fused = forward_backward(model, *inputs)
     with textbook_attention():
         textbook = forward_backward(model, *inputs)
     assert len(fused) == 2 + len(list(model.parameters()))
     assert all(float(gradient.abs().max()) > 0 for gradient in fused[1:])  # every parameter takes part
     for a, b in zip(textbook, fused):
-        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6 * float(a.abs().max()))
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12 * float(a.abs().max()))
 
 
 def test_mesh_denoiser_is_equivariant_to_node_order():
