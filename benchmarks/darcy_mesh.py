@@ -207,11 +207,15 @@ OVERRIDES = {
 
 
 def base_config(args: argparse.Namespace) -> dict:
-    """The mode's configuration sections with the command-line overrides."""
+    """The mode's configuration sections with the command-line overrides.
+
+    ``args`` holds ``mode``, ``device`` and ``steps`` and any of the :data:`OVERRIDES` options
+    (another tool's parser may define a subset of them; a missing or None one keeps the mode's value).
+    """
     config = {section: dict(values) for section, values in MODES[args.mode]["config"].items()}
     config["training"]["device"] = args.device
     for option, (section, key) in OVERRIDES.items():
-        if getattr(args, option) is not None:
+        if getattr(args, option, None) is not None:
             config[section][key] = getattr(args, option)
     if args.steps is not None:
         config["training"]["steps"] = args.steps

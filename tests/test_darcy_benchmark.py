@@ -221,3 +221,53 @@ def test_subspace_floor_is_exact_with_every_direction_and_refuses_too_many(tmp_p
         few, every = summary[basis]["4"], summary[basis][str(n_nodes)]
         assert every["residual"] < 1e-9 and every["state_error"] < 1e-9, basis  # the data themselves
         assert few["residual"] > 0.1 * summary["trivial"]["residual"], basis
+
+
+def test_solver_bound_trains_each_weight_and_scores_it_against_the_trivial_field(tmp_path):
+    common = [sys.executable, str(ROOT / "benchmarks" / "solver_bound.py"), "--quick",
+              "--mesh", str(ROOT / "meshes" / "unit_square_r0.msh"), "--out", str(tmp_path), "--steps", "3"]
+    proc = subprocess.run([*common, "--c-residual", "0", "1e-3"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = tmp_path / "solver_bound" / "report"
+    assert (report / "solver_bound.png").stat().st_size > 0
+    summary = json.loads((report / "solver_bound.json").read_text())
+    assert set(summary["solvers"]) == {"c_residual_0", "c_residual_0.001"}
+    for entry in summary["solvers"].values():
+        assert entry["residual"] > 0 and entry["state_error"] > 0 and entry["seconds_per_step"] > 0
+    assert summary["trivial"]["state_error"] == pytest.approx(1.0)
+    for name in summary["solvers"]:
+        assert (tmp_path / "solver_bound" / "runs" / name / "last.pt").is_file()
+    proc = subprocess.run([*common, "--c-residual", "-1"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "solver_bound: error: --c-residual" in proc.stderr
+
+
+def test_pressure_solver_hides_the_pressure_and_an_exact_output_scores_the_data_floor(tmp_path):
+    import torch
+    from darcy_mesh import MODES, PROJECT_DIFFUSION
+    from sampling_trajectory import scores
+    from solver_bound import PressureSolver
+
+    from pidm_fem.experiments import DarcyExperiment
+    from pidm_fem.training import config_from_dict
+
+    sections = {"data": {"n_train": 8, "n_val": 0, "n_test": 4}, "model": {"kind": "mesh"},
+                "diffusion": {**PROJECT_DIFFUSION, "prediction": "x0"}}
+    experiment = DarcyExperiment(config_from_dict(sections), ROOT / "meshes" / "unit_square_r0.msh",
+                                 data_dir=tmp_path, run_dir=tmp_path / "run", progress=False)
+    assert MODES["quick"]["config"]["diffusion"]["representation"] == "elliptic"
+    normalizer = experiment.fit_normalizer()
+    solver = PressureSolver(experiment, normalizer)
+    test = experiment.fields.to_nodes(torch.as_tensor(experiment.dataset().test))  # float64
+    x0 = normalizer.normalize(test)
+    seen = []
+
+    def oracle(given, t):  # the network's input, and the exact clean fields as its output
+        seen.append(given.clone())
+        return x0 + 0.0 * given
+
+    estimate = solver.predict(oracle, x0)
+    p = experiment.fields.channel("p")
+    assert torch.all(seen[0][:, p] == 0) and torch.equal(seen[0][:, 1 - p], x0[:, 1 - p])
+    assert scores(experiment, normalizer.denormalize(estimate))["residual"] < 1e-8
+    loss, components = solver.loss(1e-3)(oracle, {"x0": test}, None)
+    assert float(loss) < 1e-16 and components["residual"] < 1e-16
