@@ -131,6 +131,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the denoiser also sees the pressure beside its Laplacian (elliptic coordinates)")
     parser.add_argument("--gradient-views", action="store_const", const=True, default=None,
                         help="the denoiser also sees the recovered nodal gradient of every field")
+    parser.add_argument("--input-products", action="store_const", const=True, default=None,
+                        help="the mesh denoiser's first features also hold products of two linear forms of its "
+                             "node inputs")
     parser.add_argument("--output-modes", type=int, default=None,
                         help="confine each field of the clean estimate to the training data's leading principal "
                              "components (this many; 0: off)")
@@ -187,6 +190,7 @@ OVERRIDES = {
     "width": ("model", "width"),
     "field_views": ("model", "field_views"),
     "gradient_views": ("model", "gradient_views"),
+    "input_products": ("model", "input_products"),
     "output_modes": ("model", "output_modes"),
     "c_residual": ("diffusion", "c_residual"),
     "representation": ("diffusion", "representation"),

@@ -89,7 +89,7 @@ def test_sampling_trajectory_without_runs_is_a_one_line_error(tmp_path):
 def test_every_override_option_reaches_its_configuration_key():
     from darcy_mesh import OVERRIDES, base_config, parse_args
 
-    values = {"width": "24", "field_views": None, "gradient_views": None,
+    values = {"width": "24", "field_views": None, "gradient_views": None, "input_products": None,
               "output_modes": "7", "c_residual": "0.5", "representation": "nodal",
               "prediction": "x0",
               "physics_t_fraction": "0.25", "residual": "weak", "residual_gradient": "all", "sample_steps": "3",

@@ -145,6 +145,10 @@ def test_build_denoiser_kinds_and_config_errors(experiment):
         build_denoiser(ModelConfig(kind="mesh", width=6), mesh, 2)
     with pytest.raises(ConfigError, match="model.attention"):
         build_denoiser(ModelConfig(kind="mesh", attention=False), mesh, 2)
+    products = build_denoiser(ModelConfig(kind="mesh", width=8, input_products=True), mesh, 2, n_timesteps=20)
+    assert products.input_products is not None and products(x, t).shape == (3, 2, mesh.n_nodes)
+    with pytest.raises(ConfigError, match="model.input_products: only the mesh denoiser"):
+        build_denoiser(ModelConfig(kind="unet", width=8, input_products=True), mesh, 2)
 
 
 def test_diffusion_loss_methods(experiment):

@@ -261,6 +261,28 @@ def test_mesh_denoiser_outputs_gradients_and_two_meshes():
     assert model.graph(large) is model.graph(large)
 
 
+def test_input_products_make_a_product_of_two_inputs_one_exact_feature():
+    torch.manual_seed(0)
+    mesh = l_shaped_mesh(7)
+    plain = MeshDenoiser(1, 1, cond_channels=2, width=8, n_blocks=1, n_slices=4, n_heads=2, mesh=mesh)
+    model = MeshDenoiser(1, 1, cond_channels=2, width=8, n_blocks=1, n_slices=4, n_heads=2, input_products=True,
+                         mesh=mesh)
+    assert plain.input_products is None
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in plain.parameters()) + 5 * 16 + 16
+    inputs = torch.randn(2, mesh.n_nodes, 5)  # field, two conditions, two coordinates
+    with torch.no_grad():
+        model.input_products.weight.zero_()
+        model.input_products.bias.zero_()
+        model.input_products.weight[0, 1] = 1.0  # left feature 0: the first condition
+        model.input_products.weight[8, 2] = 1.0  # right feature 0: the second condition
+    products = model.encode(inputs) - model.encoder(inputs)
+    torch.testing.assert_close(products[..., 0], inputs[..., 1] * inputs[..., 2])
+    assert float(products[..., 1:].abs().max()) == 0.0
+    out = model(torch.randn(2, 1, mesh.n_nodes), torch.tensor([0, 5]), torch.randn(2, 2, mesh.n_nodes))
+    out.square().sum().backward()
+    assert float(model.input_products.weight.grad.abs().max()) > 0
+
+
 def test_physics_attention_is_the_textbook_function_with_its_gradients():
     torch.manual_seed(0)
     mesh = l_shaped_mesh(9)

@@ -24,8 +24,9 @@ def build_denoiser(
     ``kind: unet`` gives a :class:`~pidm_fem.models.RasterUNet` (default raster and
     levels); ``attention: false`` removes the self-attention of its levels (the
     middle block keeps its one). ``kind: mesh`` gives a
-    :class:`~pidm_fem.models.MeshDenoiser` with its default depth and slices; its
-    global mixing is its attention, so it refuses ``attention: false``. Both take
+    :class:`~pidm_fem.models.MeshDenoiser` with its default depth and slices and,
+    with ``input_products``, the products of its inputs; its global mixing is its
+    attention, so it refuses ``attention: false``. Both take
     ``width`` from the configuration. Weights are drawn from the global torch RNG.
 
     Parameters
@@ -44,12 +45,15 @@ def build_denoiser(
     Raises
     ------
     ConfigError
-        If the width does not suit the denoiser, or a mesh denoiser is asked to drop attention.
+        If the width does not suit the denoiser, a mesh denoiser is asked to drop attention, or a
+        U-Net to take input products.
     """
     width = config.width
     if width % 2:
         raise ConfigError(f"model.width: must be even (the time embedding has width entries), got {width}")
     if config.kind == "unet":
+        if config.input_products:
+            raise ConfigError("model.input_products: only the mesh denoiser has them (kind: mesh); got kind: unet")
         return RasterUNet(
             mesh,
             n_fields,
@@ -70,5 +74,6 @@ def build_denoiser(
         n_timesteps=n_timesteps,
         width=width,
         n_heads=MESH_HEADS,
+        input_products=config.input_products,
         mesh=mesh,
     )

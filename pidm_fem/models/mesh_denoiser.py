@@ -2,7 +2,9 @@
 
 Works on any triangle mesh without a raster. A node encoder lifts the noisy fields,
 the condition fields and the node coordinates (normalised by the bounding box) to
-``width`` features; each block then applies, each under adaptive layer
+``width`` features (optionally plus products of two learned linear forms of those
+inputs, so that a pointwise product of two input fields is one exact feature); each
+block then applies, each under adaptive layer
 normalisation (AdaLN: shift, scale and gate from the time + scalar embedding),
 
 * local message passing over the mesh edges, with the relative node positions as
@@ -237,6 +239,11 @@ class MeshDenoiser(nn.Module):
         Number of :class:`MeshBlock`.
     n_slices, n_heads
         Slice tokens and heads of the physics attention.
+    input_products
+        Add to the encoder's features the elementwise products ``(A u) * (B u)`` of two
+        learned linear maps of the node inputs u: every quadratic form of the inputs
+        (e.g. the dot product of two gradient fields) is then representable exactly
+        in the first layer, where an MLP would only approximate it.
     mesh
         Default mesh (optional).
     """
@@ -252,6 +259,7 @@ class MeshDenoiser(nn.Module):
         n_blocks: int = 4,
         n_slices: int = 32,
         n_heads: int = 4,
+        input_products: bool = False,
         mesh: MeshNodes | None = None,
     ) -> None:
         super().__init__()
@@ -262,9 +270,9 @@ class MeshDenoiser(nn.Module):
         self.in_channels, self.out_channels, self.cond_channels = in_channels, out_channels, cond_channels
         embedding_dim = 4 * width
         self.embedding = ConditioningEmbedding(n_timesteps, width, embedding_dim, n_scalars)
-        self.encoder = nn.Sequential(
-            nn.Linear(in_channels + cond_channels + 2, width), nn.SiLU(), nn.Linear(width, width)
-        )
+        n_inputs = in_channels + cond_channels + 2
+        self.encoder = nn.Sequential(nn.Linear(n_inputs, width), nn.SiLU(), nn.Linear(width, width))
+        self.input_products = nn.Linear(n_inputs, 2 * width) if input_products else None
         self.blocks = nn.ModuleList(MeshBlock(width, embedding_dim, n_slices, n_heads) for _ in range(n_blocks))
         self.final_norm = nn.LayerNorm(width, elementwise_affine=False)
         self.final_modulation = nn.Linear(embedding_dim, 2 * width)
@@ -288,6 +296,14 @@ class MeshDenoiser(nn.Module):
         if key not in self._graphs:
             self._graphs[key] = MeshGraph.from_mesh(mesh, reference.device, reference.dtype)
         return self._graphs[key]
+
+    def encode(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Node features (B, n, width) of the node inputs (B, n, in + cond + 2): fields, conditions, coordinates."""
+        h = self.encoder(inputs)
+        if self.input_products is not None:
+            left, right = self.input_products(inputs).chunk(2, dim=-1)
+            h = h + left * right
+        return h
 
     def forward(
         self,
@@ -319,7 +335,7 @@ class MeshDenoiser(nn.Module):
         fields = stack_node_inputs(x_t, t, cond, self.in_channels, self.cond_channels, mesh.n_nodes)
         embedding = self.embedding(t, scalars)
         coordinates = graph.coordinates.expand(len(x_t), -1, -1)
-        h = self.encoder(torch.cat([fields.transpose(1, 2), coordinates.to(fields.dtype)], dim=-1))
+        h = self.encode(torch.cat([fields.transpose(1, 2), coordinates.to(fields.dtype)], dim=-1))
         for block in self.blocks:
             h = block(h, embedding, graph)
         shift, scale = self.final_modulation(F.silu(embedding))[:, None, :].chunk(2, dim=-1)

@@ -125,6 +125,9 @@ class ModelConfig(_Section):
     physical coordinates (under elliptic coordinates, the pressure beside its Laplacian).
     ``gradient_views: true`` hands it the recovered nodal gradient (x and y) of every
     field in its physical coordinates (of the pressure, not of its Laplacian).
+    ``input_products: true`` adds products of two learned linear forms of the node
+    inputs to the mesh denoiser's first features (any quadratic form of its inputs,
+    such as the dot product of two gradient views, is then one exact feature).
     ``output_modes: M > 0`` confines each channel of the clean estimate to the training
     data's M leading principal components (:class:`~pidm_fem.diffusion.SubspaceDenoiser`).
     """
@@ -135,6 +138,7 @@ class ModelConfig(_Section):
     attention: bool = _key(True)
     field_views: bool = _key(False)
     gradient_views: bool = _key(False)
+    input_products: bool = _key(False)
     output_modes: int = _key(0, _at_least(0))
 
 
