@@ -223,29 +223,29 @@ def test_subspace_floor_is_exact_with_every_direction_and_refuses_too_many(tmp_p
         assert few["residual"] > 0.1 * summary["trivial"]["residual"], basis
 
 
-def test_solver_bound_trains_each_weight_and_scores_it_against_the_trivial_field(tmp_path):
-    common = [sys.executable, str(ROOT / "benchmarks" / "solver_bound.py"), "--quick",
+def test_surrogate_solver_trains_each_weight_and_scores_it_against_the_trivial_field(tmp_path):
+    common = [sys.executable, str(ROOT / "benchmarks" / "surrogate_solver.py"), "--quick",
               "--mesh", str(ROOT / "meshes" / "unit_square_r0.msh"), "--out", str(tmp_path), "--steps", "3"]
     proc = subprocess.run([*common, "--c-residual", "0", "1e-3"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = tmp_path / "solver_bound" / "report"
-    assert (report / "solver_bound.png").stat().st_size > 0
-    summary = json.loads((report / "solver_bound.json").read_text())
+    report = tmp_path / "surrogate_solver" / "report"
+    assert (report / "surrogate_solver.png").stat().st_size > 0
+    summary = json.loads((report / "surrogate_solver.json").read_text())
     assert set(summary["solvers"]) == {"c_residual_0", "c_residual_0.001"}
     for entry in summary["solvers"].values():
         assert entry["residual"] > 0 and entry["state_error"] > 0 and entry["seconds_per_step"] > 0
     assert summary["trivial"]["state_error"] == pytest.approx(1.0)
     for name in summary["solvers"]:
-        assert (tmp_path / "solver_bound" / "runs" / name / "last.pt").is_file()
+        assert (tmp_path / "surrogate_solver" / "runs" / name / "last.pt").is_file()
     proc = subprocess.run([*common, "--c-residual", "-1"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 2 and "solver_bound: error: --c-residual" in proc.stderr
+    assert proc.returncode == 2 and "surrogate_solver: error: --c-residual" in proc.stderr
 
 
 def test_pressure_solver_hides_the_pressure_and_an_exact_output_scores_the_data_floor(tmp_path):
     import torch
     from darcy_mesh import MODES, PROJECT_DIFFUSION
     from sampling_trajectory import scores
-    from solver_bound import PressureSolver
+    from surrogate_solver import PressureSolver
 
     from pidm_fem.experiments import DarcyExperiment
     from pidm_fem.training import config_from_dict
@@ -271,3 +271,39 @@ def test_pressure_solver_hides_the_pressure_and_an_exact_output_scores_the_data_
     assert scores(experiment, normalizer.denormalize(estimate))["residual"] < 1e-8
     loss, components = solver.loss(1e-3)(oracle, {"x0": test}, None)
     assert float(loss) < 1e-16 and components["residual"] < 1e-16
+
+
+def test_local_correction_keeps_exact_data_exact_and_lowers_the_residual_of_noised_data(tmp_path):
+    import torch
+    from darcy_mesh import PROJECT_DIFFUSION
+    from local_correction import jacobi_steps
+    from sampling_trajectory import scores
+
+    from pidm_fem.experiments import DarcyExperiment
+    from pidm_fem.training import config_from_dict
+
+    sections = {"data": {"n_train": 8, "n_val": 0, "n_test": 4}, "model": {"kind": "mesh"},
+                "diffusion": PROJECT_DIFFUSION}
+    experiment = DarcyExperiment(config_from_dict(sections), ROOT / "meshes" / "unit_square_r0.msh",
+                                 data_dir=tmp_path, run_dir=tmp_path / "run", progress=False)
+    test = experiment.fields.to_nodes(torch.as_tensor(experiment.dataset().test))
+    exact = jacobi_steps(experiment, test, 2)
+    assert len(exact) == 3 and all(scores(experiment, state)["residual"] < 1e-8 for state in exact)
+    assert torch.equal(exact[-1][:, experiment.fields.channel("K")], test[:, experiment.fields.channel("K")])
+    noised = test.clone()
+    p = experiment.fields.channel("p")
+    noised[:, p] += 0.01 * test[:, p].std() * torch.randn(noised[:, p].shape, generator=torch.Generator().manual_seed(0),
+                                                           dtype=torch.float64)
+    corrected = [scores(experiment, state)["residual"] for state in jacobi_steps(experiment, noised, 1)]
+    assert corrected[1] < 0.5 * corrected[0]
+
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "local_correction.py"), "--quick", "--mesh",
+                           str(ROOT / "meshes" / "unit_square_r0.msh"), "--out", str(tmp_path), "--t", "1",
+                           "--steps", "2"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "local_correction" / "local_correction.json").read_text())
+    assert len(summary["corrections"]["1"]) == 3 and (tmp_path / "local_correction" / "local_correction.png").is_file()
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "local_correction.py"), "--quick", "--mesh",
+                           str(ROOT / "meshes" / "unit_square_r0.msh"), "--out", str(tmp_path), "--t", "100"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "local_correction: error: --t must lie in [0, 100)" in proc.stderr

@@ -1,25 +1,25 @@
-"""What the benchmark's network can learn of the solution operator: the same network trained as a solver K -> p.
+"""The benchmark's network trained as a supervised surrogate solver K -> p: what it reaches when K is given.
 
 A generated pair (p, K) has a low strong-form residual only if the network draws,
-at the nodal scale, the pressure of its own permeability. This tool asks how well
-the benchmark's network (the mode's model and representation, optimiser, batch,
-steps and EMA) does that when K is handed to it exactly: its K channel gets the
-normalised log K of a training sample, its pressure channel zeros, its timestep 0,
-and it is trained to output the sample's normalised pressure coordinates (the
-pressure's Neumann Laplacian) by mean squared error, plus, with ``--c-residual C``,
-C times the mean squared strong-form residual of its pressure with that K (the
-physics term on a deterministic output, where no noise level weighs it). Its test
-outputs are scored like the benchmark's samples (area-weighted mean |r|, relative
-state error) beside the trivial field p = 0. A generative model has the harder task
-(it also draws K, and must make p consistent with it along its trajectory), so a
-residual this solver does not reach is out of reach of that network and budget.
-Writes ``solver_bound/report/solver_bound.json`` and ``solver_bound.png`` beside it
-(a test sample: the solved and the predicted pressure, and the prediction's |r|) to
-the output folder, whose ``data/`` is darcy_mesh's cache; the runs are resumable in
-``solver_bound/runs/c_residual_<C>``.
+at the nodal scale, the pressure of its own permeability. This tool measures how
+well the benchmark's network (the mode's model and representation, optimiser,
+batch, steps and EMA) learns that map when K is handed to it exactly: its K channel
+gets the normalised log K of a training sample, its pressure channel zeros, its
+timestep 0, and it is trained to output the sample's normalised pressure
+coordinates (the pressure's Neumann Laplacian) by mean squared error, plus, with
+``--c-residual C``, C times the mean squared strong-form residual of its pressure
+with that K (a physics-informed surrogate). Its test outputs are scored like the
+benchmark's samples (area-weighted mean |r|, relative state error) beside the
+trivial field p = 0. It is a reference point, not a bound: the surrogate maps K to
+p in one pass, while a diffusion model's low-noise steps refine an estimate of p
+they are given, which can do better (or worse).
+Writes ``surrogate_solver/report/surrogate_solver.json`` and ``surrogate_solver.png``
+beside it (a test sample: the solved and the predicted pressure, and the
+prediction's |r|) to the output folder, whose ``data/`` is darcy_mesh's cache; the
+runs are resumable in ``surrogate_solver/runs/c_residual_<C>``.
 
-    python benchmarks/solver_bound.py --quick --steps 1500 --c-residual 0 1e-3
-    python benchmarks/solver_bound.py --c-residual 0 1e-3
+    python benchmarks/surrogate_solver.py --quick --steps 1500 --c-residual 0 1e-3
+    python benchmarks/surrogate_solver.py --c-residual 0 1e-3
 """
 
 from __future__ import annotations
@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PETSC_OPTIONS", "-options_left no")
     import torch
     from darcy_mesh import MODES, base_config
+    from darcy_methods import seconds_per_step
     from sampling_trajectory import scores
 
     from pidm_fem.atomic_files import atomic_directory, write_json
@@ -110,9 +111,10 @@ def main(argv: list[str] | None = None) -> int:
     from pidm_fem.mesh.builtin import MESH_DIR
     from pidm_fem.training import Trainer, config_from_dict, load_checkpoint
     from pidm_fem.training.checkpoint import LAST
+    from pidm_fem.training.trainer import LOG
 
     if any(c < 0 for c in args.weights):
-        print("solver_bound: error: --c-residual weights must be non-negative", file=sys.stderr)
+        print("surrogate_solver: error: --c-residual weights must be non-negative", file=sys.stderr)
         return 2
     mode = MODES[args.mode]
     out = args.out or Path(f"outputs/darcy_mesh_{args.mode}")
@@ -120,12 +122,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         load_mesh(mesh)
     except MeshError as err:
-        print(f"solver_bound: error: {err}", file=sys.stderr)
+        print(f"surrogate_solver: error: {err}", file=sys.stderr)
         return 2
     sections = base_config(args)
     sections["diffusion"] = {**sections["diffusion"], "method": "ddpm", "prediction": "x0"}
-    config = config_from_dict(sections, source="<solver_bound>")
-    folder = out / "solver_bound"
+    config = config_from_dict(sections, source="<surrogate_solver>")
+    folder = out / "surrogate_solver"
     experiment = DarcyExperiment(config, mesh, data_dir=out / "data", run_dir=folder)
     normalizer = experiment.fit_normalizer()
     solver = PressureSolver(experiment, normalizer)
@@ -140,14 +142,14 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer(experiment.build_model(normalizer), solver.loss(c_residual),
                           {"x0": experiment.node_tensor(splits.train)}, config, run_dir,
                           mesh_fingerprint=experiment.fingerprint)
-        summary = trainer.train()
+        trainer.train()
         model = experiment.build_model(normalizer)
         model.load_state_dict(load_checkpoint(run_dir / LAST, experiment.fingerprint).ema["shadow"])
         model = model.to(torch.device(args.device)).eval()
         with torch.no_grad():
             estimate = normalizer.denormalize(solver.predict(model, normalizer.normalize(test)))
         predictions[name] = estimate.cpu().double()
-        results[name] = {"c_residual": c_residual, "seconds_per_step": summary.seconds_per_step,
+        results[name] = {"c_residual": c_residual, "seconds_per_step": seconds_per_step(run_dir / LOG),
                          **scores(experiment, predictions[name])}
     trivial = scores(experiment, zero_channel(test_physical, solver.p_channel))
     summary = {"mesh": str(mesh), "n_nodes": experiment.fields.n_nodes, "n_test": len(test),
@@ -168,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         panels.append([layout.functions(splits.test[0])["p"], layout.functions(rows[0])["p"], residual])
         titles.append(["solved p (test #0)", f"{name}: predicted p", f"{name}: |r|"])
     with atomic_directory(folder / "report") as tmp:
-        write_json(tmp / "solver_bound.json", summary)
-        plot_fields(panels, tmp / "solver_bound.png", titles)
+        write_json(tmp / "surrogate_solver.json", summary)
+        plot_fields(panels, tmp / "surrogate_solver.png", titles)
     print("| solver | mean abs r | r / trivial | state err. | s / step |\n|---|---|---|---|---|")
     for name, entry in results.items():
         print(f"| {name} | {entry['residual']:.3g} | {entry['residual'] / trivial['residual']:.3g} | "
