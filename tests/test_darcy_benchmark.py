@@ -120,6 +120,26 @@ def test_trajectory_method_fills_its_defaults_and_the_options_win():
     assert explicit.diffusion.trajectory_steps == TRAJECTORY_DEFAULTS["trajectory_steps"]
 
 
+def test_every_mode_configures_every_trained_method_and_its_denoiser(tmp_path):
+    """The modes' settings are valid run configurations, --full (the GPU mode, never run here) included."""
+    from darcy_mesh import MODES, base_config, parse_args
+    from darcy_methods import TRAINED, method_config
+
+    from pidm_fem.experiments import DarcyExperiment
+    from pidm_fem.mesh.builtin import MESH_DIR
+    from pidm_fem.models import count_parameters
+
+    for mode in MODES:
+        args = parse_args([] if mode == "default" else [f"--{mode}"])
+        assert args.mode == mode
+        configs = {method: method_config(base_config(args), method) for method in TRAINED}
+        assert configs["ddpm"].training.steps == MODES[mode]["config"]["training"]["steps"]
+        experiment = DarcyExperiment(configs["pidm_mean"], MESH_DIR / MODES[mode]["mesh"], data_dir=tmp_path,
+                                     run_dir=tmp_path / mode, progress=False)
+        assert count_parameters(experiment.build_model()) > 0  # no data needed: the normaliser is not fitted
+    assert parse_args(["--full", "--device", "cuda"]).device == "cuda"
+
+
 def test_quick_mode_leaves_the_trajectory_methods_out_unless_asked():
     from darcy_mesh import METHODS, QUICK_METHODS, parse_args, selected_methods
 
