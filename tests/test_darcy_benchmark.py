@@ -327,3 +327,38 @@ def test_local_correction_keeps_exact_data_exact_and_lowers_the_residual_of_nois
                            str(ROOT / "meshes" / "unit_square_r0.msh"), "--out", str(tmp_path), "--t", "100"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2 and "local_correction: error: --t must lie in [0, 100)" in proc.stderr
+
+
+def test_low_noise_denoiser_trains_on_low_noise_and_scores_its_estimates(tmp_path):
+    common = [sys.executable, str(ROOT / "benchmarks" / "low_noise_denoiser.py"), "--quick",
+              "--mesh", str(ROOT / "meshes" / "unit_square_r0.msh"), "--out", str(tmp_path), "--steps", "3"]
+    proc = subprocess.run([*common, "--t-max", "4", "--methods", "ddpm", "pidm_mean"], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = tmp_path / "low_noise" / "report"
+    assert (report / "low_noise.png").stat().st_size > 0
+    summary = json.loads((report / "low_noise.json").read_text())
+    times = [str(t) for t in range(4)]
+    assert list(summary["noised_data"]) == list(summary["one_local_correction"]) == times
+    for t in times:  # noise raises the residual with t; one exact local step removes part of it
+        assert 0 < summary["one_local_correction"][t]["residual"] < summary["noised_data"][t]["residual"]
+    assert all(summary["noised_data"][a]["residual"] < summary["noised_data"][b]["residual"]
+               for a, b in zip(times, times[1:]))
+    for method in ("ddpm", "pidm_mean"):
+        entry = summary["methods"][method]
+        assert list(entry["estimate"]) == times and entry["seconds_per_step"] > 0
+        assert (tmp_path / "low_noise" / "runs" / f"{method}_t4" / "last.pt").is_file()
+    proc = subprocess.run([*common, "--t-max", "4", "--experts"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "low_noise_denoiser: error: --experts: no full-range run" in proc.stderr
+    # with the folder's full-range runs: each alone and with the expert, evaluated as the benchmark does
+    proc = run_benchmark("--quick", "--mesh", str(ROOT / "meshes" / "unit_square_r0.msh"), "--out", str(tmp_path),
+                         "--steps", "3", "--methods", "ddpm", "--train-only")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.run([*common, "--t-max", "4", "--methods", "ddpm", "--experts", "--n-samples", "3"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    experts = json.loads((report / "experts.json").read_text())
+    assert set(experts["methods"]) == {"ddpm", "ddpm+expert"} and (report / "experts.md").is_file()
+    assert all(len(entry["residual"]["per_sample"]) == 3 for entry in experts["methods"].values())
+    proc = subprocess.run([*common, "--t-max", "0"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "low_noise_denoiser: error: --t-max must lie in [1, 100]" in proc.stderr

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from pidm_fem.diffusion.estimates import noised_data_estimates
+from pidm_fem.diffusion.experts import TimestepExperts
 from pidm_fem.diffusion.guidance import CoCoGenCorrector, PhysicsGuidedConditioning
 from pidm_fem.diffusion.input_views import LinearViewInputs, spectral_norm_estimate
 from pidm_fem.diffusion.losses import PIDMLoss
@@ -768,3 +769,33 @@ def test_subspace_denoiser_projects_every_channel_and_keeps_the_networks_state_d
         FieldSubspaces([wide], weights).leading(7)
     with pytest.raises(ValueError, match="does not match the 12 nodes"):
         FieldSubspaces([(subspaces[0][0][:-1], subspaces[0][1])], weights)
+
+
+class _Recorder(nn.Module):
+    """x0_hat = scale * x_t, remembering the timesteps (and conditions) it was called with."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale, self.calls = scale, []
+
+    def forward(self, x, t, cond=None, scalars=None):
+        self.calls.append((t.clone(), None if cond is None else cond.clone()))
+        return self.scale * x
+
+
+def test_timestep_experts_route_each_sample_to_one_expert():
+    low, high = _Recorder(2.0), _Recorder(-1.0)
+    experts = TimestepExperts(low, high, split=10)
+    x, cond = torch.randn(5, 2, 7), torch.randn(5, 1, 7)
+    t = torch.tensor([0, 9, 10, 50, 3])
+    out = experts(x, t, cond=cond)
+    is_low = t < 10
+    torch.testing.assert_close(out[is_low], 2.0 * x[is_low])
+    torch.testing.assert_close(out[~is_low], -x[~is_low])
+    assert torch.equal(low.calls[0][0], t[is_low]) and torch.equal(high.calls[0][0], t[~is_low])
+    assert torch.equal(low.calls[0][1], cond[is_low])
+    experts(x, torch.full((5,), 20))  # no low-noise sample: the low expert is not called
+    assert len(low.calls) == 1 and len(high.calls) == 2
+    for split in (0, 1.5, True):
+        with pytest.raises(ValueError, match="split must be a positive integer"):
+            TimestepExperts(low, high, split)

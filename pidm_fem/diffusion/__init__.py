@@ -8,6 +8,7 @@ normalised units; physics enters as differentiable callables on physical samples
 from __future__ import annotations
 
 from pidm_fem.diffusion.estimates import noised_data_estimates
+from pidm_fem.diffusion.experts import TimestepExperts
 from pidm_fem.diffusion.guidance import CoCoGenCorrector, PhysicsGuidedConditioning, Residual
 from pidm_fem.diffusion.input_views import LinearViewInputs
 from pidm_fem.diffusion.losses import Functional, PIDMLoss
@@ -32,6 +33,7 @@ __all__ = [
     "PhysicsGuidedConditioning",
     "Residual",
     "SubspaceDenoiser",
+    "TimestepExperts",
     "TrajectoryStates",
     "VPredictionDenoiser",
     "noised_data_estimates",

@@ -518,6 +518,7 @@ class DarcyExperiment:
         seed: int = 0,
         checkpoint: str | os.PathLike | None = None,
         on_step: Callable[[int, torch.Tensor], None] | None = None,
+        wrap: Callable[[nn.Module], nn.Module] | None = None,
     ) -> np.ndarray:
         """Draw physical rows ``[p, K]`` from a checkpoint's EMA weights, per ``config.sampling``.
 
@@ -538,6 +539,10 @@ class DarcyExperiment:
         on_step
             Passed to :func:`~pidm_fem.diffusion.sample`: called with each step's
             timestep and clean estimate (physical, one batch at a time).
+        wrap
+            Sample from ``wrap(denoiser)`` instead of the checkpoint's denoiser (e.g. a
+            :class:`~pidm_fem.diffusion.TimestepExperts` around it), in the checkpoint's
+            normalised units.
 
         Returns
         -------
@@ -555,6 +560,8 @@ class DarcyExperiment:
         if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 1:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
         model, normalizer = self.load_denoiser(checkpoint)
+        if wrap is not None:
+            model = wrap(model)
         device = torch.device(self.config.training.device)
 
         corrector = guidance = None

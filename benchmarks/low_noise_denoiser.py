@@ -1,0 +1,199 @@
+"""How precise the benchmark's denoiser can make its last step when it trains on the low-noise steps only.
+
+A trained model's samples cannot beat its last step's "bound": its clean estimate of
+test data noised at t = 1 (sampling_trajectory.py). The full-range denoisers leave a
+bound 2-3x above what one exact local correction of the equation leaves
+(local_correction.py). This tool trains the benchmark's denoiser (the mode's model,
+representation, optimiser, batch, steps and EMA; a method's loss: ddpm or pidm_mean)
+on timesteps t < --t-max only, so that all of its capacity and every training step go
+to the precision of the low-noise estimate, and scores its estimates of the test data
+noised at each t < --t-max (the same noise draw as sampling_trajectory.py) beside the
+noised data and one exact local correction of it. With ``--experts`` it also samples
+each method's full-range model of the output folder (darcy_mesh's ``runs/<method>``,
+trained with the same options) alone and with the low-noise expert taking over the
+steps t < --t-max (:class:`~pidm_fem.diffusion.TimestepExperts`), by the benchmark's
+sampler and seed, and evaluates both as the benchmark does. Writes
+``low_noise/report/low_noise.json``, ``low_noise.png`` and (with ``--experts``)
+``experts.json`` and ``experts.md`` to the output folder, whose ``data/`` is
+darcy_mesh's cache; the runs are resumable in ``low_noise/runs/<method>_t<t-max>``.
+
+    python benchmarks/low_noise_denoiser.py --quick --steps 1500 --t-max 10 --methods ddpm pidm_mean
+    python benchmarks/low_noise_denoiser.py --quick --steps 1500 --t-max 10 --methods ddpm pidm_mean --experts
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+#: trained methods whose loss this tool can restrict (no condition channels, no trajectory states)
+METHODS = ("ddpm", "pidm_mean")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from darcy_mesh import add_output_folder_arguments
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_output_folder_arguments(parser, "output folder, whose data/ is reused")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=["ddpm"], help="losses to train with")
+    parser.add_argument("--t-max", type=int, default=10, help="train on the timesteps t < t-max")
+    parser.add_argument("--steps", type=int, default=None, help="override the mode's training steps")
+    parser.add_argument("--width", type=int, default=None, help="override the denoiser's width")
+    parser.add_argument("--field-views", action="store_const", const=True, default=None,
+                        help="the denoiser also sees the pressure beside its Laplacian")
+    parser.add_argument("--gradient-views", action="store_const", const=True, default=None,
+                        help="the denoiser also sees the recovered nodal gradient of every field")
+    parser.add_argument("--input-products", action="store_const", const=True, default=None,
+                        help="the denoiser's first features also hold products of its inputs")
+    parser.add_argument("--device", default="cpu", help="device of the network (the FEM stays on the CPU)")
+    parser.add_argument("--experts", action="store_true",
+                        help="also sample the folder's full-range runs alone and with the expert for t < t-max")
+    parser.add_argument("--n-samples", type=int, default=None, help="samples per model (default: the mode's)")
+    return parser.parse_args(argv)
+
+
+def low_noise_loss(loss, t_max: int):
+    """The trainer's loss: ``loss`` (a :class:`~pidm_fem.diffusion.PIDMLoss`) at timesteps drawn from 0..t_max-1."""
+    import torch
+
+    def loss_fn(model, batch, generator):
+        x0 = batch["x0"]
+        t = torch.randint(0, t_max, (len(x0),), generator=generator).to(x0.device)
+        return loss(model, x0, generator=generator, t=t)
+
+    return loss_fn
+
+
+def sample_with_expert(args, config, mesh, out: Path, method: str, expert) -> dict[str, dict]:
+    """The samples of ``method``'s full-range run in ``out/runs`` alone and with ``expert`` for t < t_max.
+
+    Returns ``{method: run, method + "+expert": run}``, each run as darcy_mesh's
+    evaluation takes it (rows, seconds per training step, seconds per sample).
+    """
+    import time
+
+    from darcy_mesh import MODES
+    from darcy_methods import seconds_per_step
+
+    from pidm_fem.diffusion import TimestepExperts
+    from pidm_fem.experiments import DarcyExperiment
+    from pidm_fem.training.trainer import LOG
+
+    run_dir = out / "runs" / method
+    full = DarcyExperiment(config, mesh, data_dir=out / "data", run_dir=run_dir)
+    n_samples = args.n_samples or MODES[args.mode]["n_samples"]
+    runs = {}
+    for name, wrap in ((method, None), (f"{method}+expert", lambda model: TimestepExperts(expert, model, args.t_max))):
+        start = time.perf_counter()
+        rows = full.sample(n_samples, seed=1, wrap=wrap)
+        runs[name] = {"rows": rows, "seconds_per_step": seconds_per_step(run_dir / LOG),
+                      "sample_seconds_per_sample": (time.perf_counter() - start) / n_samples}
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("PETSC_OPTIONS", "-options_left no")
+    import torch
+    from darcy_mesh import MODES, base_config
+    from darcy_methods import method_config, seconds_per_step
+    from local_correction import jacobi_steps
+    from sampling_trajectory import scores
+
+    from pidm_fem.atomic_files import atomic_directory, write_json
+    from pidm_fem.diffusion import noised_data_estimates
+    from pidm_fem.experiments import DarcyExperiment, diffusion_loss
+    from pidm_fem.mesh import MeshError, load_mesh
+    from pidm_fem.mesh.builtin import MESH_DIR
+    from pidm_fem.training import Trainer, load_checkpoint
+    from pidm_fem.training.checkpoint import LAST
+    from pidm_fem.training.trainer import LOG
+    from pidm_fem.viz import plot_trajectories
+
+    mode = MODES[args.mode]
+    out = args.out or Path(f"outputs/darcy_mesh_{args.mode}")
+    mesh = args.mesh or MESH_DIR / mode["mesh"]
+    try:
+        load_mesh(mesh)
+    except MeshError as err:
+        print(f"low_noise_denoiser: error: {err}", file=sys.stderr)
+        return 2
+    T = mode["config"]["diffusion"]["T"]
+    if not 1 <= args.t_max <= T:
+        print(f"low_noise_denoiser: error: --t-max must lie in [1, {T}]", file=sys.stderr)
+        return 2
+    missing = [m for m in args.methods if args.experts and not (out / "runs" / m / "last.pt").is_file()]
+    if missing:
+        print(f"low_noise_denoiser: error: --experts: no full-range run {out / 'runs' / missing[0] / 'last.pt'} "
+              f"(train it with darcy_mesh.py and the same options first)", file=sys.stderr)
+        return 2
+    folder = out / "low_noise"
+    timesteps = list(range(args.t_max))
+    results, noised, corrected, sampled = {}, None, None, {}
+    for method in args.methods:
+        config = method_config(base_config(args), method)
+        run_dir = folder / "runs" / f"{method}_t{args.t_max}"
+        experiment = DarcyExperiment(config, mesh, data_dir=out / "data", run_dir=run_dir)
+        normalizer = experiment.fit_normalizer()
+        loss = diffusion_loss(config.diffusion, experiment.schedule, normalizer, experiment.residual,
+                              state_misfit=experiment.state_misfit,
+                              coefficient_channels=experiment.coefficient_channels())
+        Trainer(experiment.build_model(normalizer), low_noise_loss(loss, args.t_max),
+                {"x0": experiment.node_tensor(experiment.dataset().train)}, config, run_dir,
+                mesh_fingerprint=experiment.fingerprint).train()
+        model = experiment.build_model(normalizer)
+        model.load_state_dict(load_checkpoint(run_dir / LAST, experiment.fingerprint).ema["shadow"])
+        model = model.to(torch.device(args.device)).eval()
+        test = experiment.node_tensor(experiment.dataset().test).to(torch.device(args.device))
+        with torch.no_grad():
+            estimates = noised_data_estimates(model, experiment.schedule, normalizer, test, timesteps,
+                                              generator=torch.Generator(test.device).manual_seed(3))
+        results[method] = {"seconds_per_step": seconds_per_step(run_dir / LOG),
+                           "estimate": {t: scores(experiment, estimates[t][1]) for t in timesteps}}
+        if args.experts:
+            sampled.update(sample_with_expert(args, config, mesh, out, method, model))
+        if noised is None:
+            noised = {t: scores(experiment, estimates[t][0]) for t in timesteps}
+            corrected = {t: scores(experiment, jacobi_steps(experiment, estimates[t][0].cpu().double(), 1)[1])
+                         for t in timesteps}
+    summary = {"mesh": str(mesh), "t_max": args.t_max, "config": base_config(args), "noised_data": noised,
+               "one_local_correction": corrected, "methods": results}
+    curves = {"noised data": noised, "one local correction": corrected,
+              **{f"{method} estimate": entry["estimate"] for method, entry in results.items()}}
+    panels = {title: {label: (timesteps, [curve[t][key] for t in timesteps], "-o") for label, curve in curves.items()}
+              for title, key in (("mean |r| (strong form)", "residual"), ("relative state error", "state_error"))}
+    table = None
+    if sampled:
+        from darcy_mesh import evaluate_runs
+
+        from pidm_fem.evaluation import markdown_table
+
+        full = DarcyExperiment(method_config(base_config(args), args.methods[0]), mesh, data_dir=out / "data",
+                               run_dir=out / "runs" / args.methods[0])
+        evaluated, _ = evaluate_runs(full, sampled)
+        table = markdown_table(evaluated)
+    with atomic_directory(folder / "report") as tmp:
+        write_json(tmp / "low_noise.json", summary)
+        plot_trajectories(panels, tmp / "low_noise.png", "timestep t of the noised test data")
+        if table is not None:
+            write_json(tmp / "experts.json", evaluated)
+            (tmp / "experts.md").write_text(f"# Full-range models alone and with the expert for t < {args.t_max}\n\n"
+                                            f"{table}\n")
+    print("| t | noised data r | one local correction r | "
+          + " | ".join(f"{method} estimate r" for method in results) + " |")
+    print("|---|---|---|" + "---|" * len(results))
+    for t in timesteps:
+        print(f"| {t} | {noised[t]['residual']:.3g} | {corrected[t]['residual']:.3g} | "
+              + " | ".join(f"{entry['estimate'][t]['residual']:.3g}" for entry in results.values()) + " |")
+    if table is not None:
+        print(table)
+    print(f"outputs in {folder / 'report'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
