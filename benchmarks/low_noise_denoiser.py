@@ -8,17 +8,20 @@ representation, optimiser, batch, steps and EMA; a method's loss: ddpm or pidm_m
 on timesteps t < --t-max only, so that all of its capacity and every training step go
 to the precision of the low-noise estimate, and scores its estimates of the test data
 noised at each t < --t-max (the same noise draw as sampling_trajectory.py) beside the
-noised data and one exact local correction of it. With ``--experts`` it also samples
-each method's full-range model of the output folder (darcy_mesh's ``runs/<method>``,
-trained with the same options) alone and with the low-noise expert taking over the
-steps t < --t-max (:class:`~pidm_fem.diffusion.TimestepExperts`), by the benchmark's
-sampler and seed, and evaluates both as the benchmark does. Writes
+noised data and one exact local correction of it. With ``--experts RUN:EXPERT ...`` it
+also samples each full-range run RUN of the output folder (darcy_mesh's
+``runs/<RUN>``, trained with the same options) alone and with the low-noise expert of
+the loss EXPERT (one of --methods) taking over the steps t < --t-max
+(:class:`~pidm_fem.diffusion.TimestepExperts`), by the benchmark's sampler and seed,
+and evaluates them as the benchmark does (``--experts`` alone: each method with its own
+expert). Writes
 ``low_noise/report/low_noise.json``, ``low_noise.png`` and (with ``--experts``)
 ``experts.json`` and ``experts.md`` to the output folder, whose ``data/`` is
 darcy_mesh's cache; the runs are resumable in ``low_noise/runs/<method>_t<t-max>``.
 
     python benchmarks/low_noise_denoiser.py --quick --steps 1500 --t-max 10 --methods ddpm pidm_mean
     python benchmarks/low_noise_denoiser.py --quick --steps 1500 --t-max 10 --methods ddpm pidm_mean --experts
+    python benchmarks/low_noise_denoiser.py --quick --steps 1500 --methods pidm_mean --experts pidm_trajectory:pidm_mean
 """
 
 from __future__ import annotations
@@ -50,8 +53,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--input-products", action="store_const", const=True, default=None,
                         help="the denoiser's first features also hold products of its inputs")
     parser.add_argument("--device", default="cpu", help="device of the network (the FEM stays on the CPU)")
-    parser.add_argument("--experts", action="store_true",
-                        help="also sample the folder's full-range runs alone and with the expert for t < t-max")
+    parser.add_argument("--experts", nargs="*", default=None, metavar="RUN:EXPERT",
+                        help="also sample these full-range runs of the folder alone and with the expert of the loss "
+                             "EXPERT for t < t-max (no value: each method with its own expert)")
     parser.add_argument("--n-samples", type=int, default=None, help="samples per model (default: the mode's)")
     return parser.parse_args(argv)
 
@@ -66,6 +70,30 @@ def low_noise_loss(loss, t_max: int):
         return loss(model, x0, generator=generator, t=t)
 
     return loss_fn
+
+
+def expert_pairs(values: list[str] | None, methods: list[str]) -> list[tuple[str, str]]:
+    """``(full-range run, expert loss)`` pairs of ``--experts`` (None: none; []: each method with itself).
+
+    Raises
+    ------
+    ValueError
+        If a value is not ``RUN:EXPERT`` with RUN a run the tool can sample and EXPERT one of ``methods``.
+    """
+    from sampling_trajectory import UNCONDITIONED
+
+    if values is None:
+        return []
+    if not values:
+        return [(method, method) for method in methods]
+    pairs = []
+    for value in values:
+        run, _, expert = value.partition(":")
+        if run not in UNCONDITIONED or expert not in methods:
+            raise ValueError(f"{value!r} is not RUN:EXPERT with RUN one of {', '.join(UNCONDITIONED)} and EXPERT "
+                             f"one of --methods ({', '.join(methods)})")
+        pairs.append((run, expert))
+    return pairs
 
 
 def sample_with_expert(args, config, mesh, out: Path, method: str, expert) -> dict[str, dict]:
@@ -126,7 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.t_max <= T:
         print(f"low_noise_denoiser: error: --t-max must lie in [1, {T}]", file=sys.stderr)
         return 2
-    missing = [m for m in args.methods if args.experts and not (out / "runs" / m / "last.pt").is_file()]
+    try:
+        pairs = expert_pairs(args.experts, args.methods)
+    except ValueError as err:
+        print(f"low_noise_denoiser: error: --experts: {err}", file=sys.stderr)
+        return 2
+    missing = [run for run, _ in pairs if not (out / "runs" / run / "last.pt").is_file()]
     if missing:
         print(f"low_noise_denoiser: error: --experts: no full-range run {out / 'runs' / missing[0] / 'last.pt'} "
               f"(train it with darcy_mesh.py and the same options first)", file=sys.stderr)
@@ -154,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
                                               generator=torch.Generator(test.device).manual_seed(3))
         results[method] = {"seconds_per_step": seconds_per_step(run_dir / LOG),
                            "estimate": {t: scores(experiment, estimates[t][1]) for t in timesteps}}
-        if args.experts:
-            sampled.update(sample_with_expert(args, config, mesh, out, method, model))
+        for run in [run for run, expert in pairs if expert == method]:
+            sampled.update(sample_with_expert(args, method_config(base_config(args), run), mesh, out, run, model))
         if noised is None:
             noised = {t: scores(experiment, estimates[t][0]) for t in timesteps}
             corrected = {t: scores(experiment, jacobi_steps(experiment, estimates[t][0].cpu().double(), 1)[1])

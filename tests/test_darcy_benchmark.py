@@ -350,6 +350,8 @@ def test_low_noise_denoiser_trains_on_low_noise_and_scores_its_estimates(tmp_pat
         assert (tmp_path / "low_noise" / "runs" / f"{method}_t4" / "last.pt").is_file()
     proc = subprocess.run([*common, "--t-max", "4", "--experts"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2 and "low_noise_denoiser: error: --experts: no full-range run" in proc.stderr
+    proc = subprocess.run([*common, "--experts", "ddpm:pidm_mean"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "error: --experts: 'ddpm:pidm_mean' is not RUN:EXPERT" in proc.stderr
     # with the folder's full-range runs: each alone and with the expert, evaluated as the benchmark does
     proc = run_benchmark("--quick", "--mesh", str(ROOT / "meshes" / "unit_square_r0.msh"), "--out", str(tmp_path),
                          "--steps", "3", "--methods", "ddpm", "--train-only")
