@@ -101,6 +101,51 @@ def add_output_folder_arguments(parser: argparse.ArgumentParser, out_help: str) 
     parser.add_argument("--out", type=Path, default=None, help=f"{out_help} (default: outputs/darcy_mesh_<mode>)")
 
 
+def output_folder_and_mesh(args: argparse.Namespace, tool: str) -> tuple[Path, Path]:
+    """The ``--out`` folder and the ``--mesh`` file of a folder tool, or the mode's defaults.
+
+    A mesh that does not load ends the tool with a one-line error naming it (exit code 2).
+    """
+    from pidm_fem.mesh import MeshError, load_mesh
+    from pidm_fem.mesh.builtin import MESH_DIR
+
+    out = args.out or Path(f"outputs/darcy_mesh_{args.mode}")
+    mesh = args.mesh or MESH_DIR / MODES[args.mode]["mesh"]
+    try:
+        load_mesh(mesh)
+    except MeshError as err:
+        print(f"{tool}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return out, mesh
+
+
+def data_experiment(args: argparse.Namespace, mesh: Path, out: Path, name: str):
+    """A :class:`~pidm_fem.experiments.DarcyExperiment` of the mode's data in the project's coordinates.
+
+    For the tools that read the benchmark's data but train nothing; its run folder is ``out / name``.
+    """
+    from pidm_fem.experiments import DarcyExperiment
+    from pidm_fem.training import config_from_dict
+
+    config = config_from_dict({"data": MODES[args.mode]["config"]["data"], "model": {"kind": "mesh"},
+                               "diffusion": PROJECT_DIFFUSION})
+    return DarcyExperiment(config, mesh, data_dir=out / "data", run_dir=out / name)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The device, training-length and network options (here and in the tools that train a network)."""
+    parser.add_argument("--device", default="cpu", help="device of the network (the FEM stays on the CPU)")
+    parser.add_argument("--steps", type=int, default=None, help="override the mode's training steps")
+    parser.add_argument("--width", type=int, default=None, help="override the denoiser's width")
+    parser.add_argument("--field-views", action="store_const", const=True, default=None,
+                        help="the denoiser also sees the pressure beside its Laplacian (elliptic coordinates)")
+    parser.add_argument("--gradient-views", action="store_const", const=True, default=None,
+                        help="the denoiser also sees the recovered nodal gradient of every field")
+    parser.add_argument("--input-products", action="store_const", const=True, default=None,
+                        help="the mesh denoiser's first features also hold products of two linear forms of its "
+                             "node inputs")
+
+
 def add_sampler_arguments(parser: argparse.ArgumentParser) -> None:
     """The options that override the run's sampler (here and in sampling_trajectory.py)."""
     parser.add_argument("--sampler", choices=("ddpm", "ddim"), default=None,
@@ -118,22 +163,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.set_defaults(mode="default")
     parser.add_argument("--mesh", type=Path, default=None, help="mesh file (default: the mode's shipped mesh)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: outputs/darcy_mesh_<mode>)")
-    parser.add_argument("--device", default="cpu", help="device of the network (the FEM stays on the CPU)")
-    parser.add_argument("--steps", type=int, default=None, help="override the mode's training steps")
-    parser.add_argument("--width", type=int, default=None, help="override the denoiser's width")
+    add_model_arguments(parser)
     parser.add_argument("--n-samples", type=int, default=None, help="override the number of generated samples")
     parser.add_argument("--no-sample-estimation", action="store_true", help="skip PIDM with 'sample' estimation")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=None,
                         help="methods to compare (default: all, without the pidm_trajectory ones in --quick; "
                              "cocogen needs ddpm, pidm_cocogen pidm_mean, pidm_trajectory_cocogen pidm_trajectory)")
     parser.add_argument("--c-residual", type=float, default=None, help="override the residual weight of PIDM")
-    parser.add_argument("--field-views", action="store_const", const=True, default=None,
-                        help="the denoiser also sees the pressure beside its Laplacian (elliptic coordinates)")
-    parser.add_argument("--gradient-views", action="store_const", const=True, default=None,
-                        help="the denoiser also sees the recovered nodal gradient of every field")
-    parser.add_argument("--input-products", action="store_const", const=True, default=None,
-                        help="the mesh denoiser's first features also hold products of two linear forms of its "
-                             "node inputs")
     parser.add_argument("--output-modes", type=int, default=None,
                         help="confine each field of the clean estimate to the training data's leading principal "
                              "components (this many; 0: off)")

@@ -61,22 +61,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("PETSC_OPTIONS", "-options_left no")
     import torch
-    from darcy_mesh import MODES, PROJECT_DIFFUSION
+    from darcy_mesh import data_experiment, output_folder_and_mesh
     from sampling_trajectory import scores
 
     from pidm_fem.atomic_files import atomic_directory, write_json
     from pidm_fem.diffusion.schedule import gaussian_noise
-    from pidm_fem.experiments import DarcyExperiment
-    from pidm_fem.mesh.builtin import MESH_DIR
-    from pidm_fem.training import config_from_dict
     from pidm_fem.viz import plot_trajectories
 
-    mode = MODES[args.mode]
-    out = args.out or Path(f"outputs/darcy_mesh_{args.mode}")
-    mesh = args.mesh or MESH_DIR / mode["mesh"]
-    config = config_from_dict({"data": mode["config"]["data"], "model": {"kind": "mesh"},
-                               "diffusion": PROJECT_DIFFUSION})
-    experiment = DarcyExperiment(config, mesh, data_dir=out / "data", run_dir=out / "local_correction")
+    out, mesh = output_folder_and_mesh(args, "local_correction")
+    experiment = data_experiment(args, mesh, out, "local_correction")
     T = experiment.schedule.T
     if any(not 0 <= t < T for t in args.t) or args.steps < 1:
         print(f"local_correction: error: --t must lie in [0, {T}) and --steps be at least 1", file=sys.stderr)

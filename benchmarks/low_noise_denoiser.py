@@ -38,21 +38,13 @@ METHODS = ("ddpm", "pidm_mean")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from darcy_mesh import add_output_folder_arguments
+    from darcy_mesh import add_model_arguments, add_output_folder_arguments
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_output_folder_arguments(parser, "output folder, whose data/ is reused")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=["ddpm"], help="losses to train with")
     parser.add_argument("--t-max", type=int, default=10, help="train on the timesteps t < t-max")
-    parser.add_argument("--steps", type=int, default=None, help="override the mode's training steps")
-    parser.add_argument("--width", type=int, default=None, help="override the denoiser's width")
-    parser.add_argument("--field-views", action="store_const", const=True, default=None,
-                        help="the denoiser also sees the pressure beside its Laplacian")
-    parser.add_argument("--gradient-views", action="store_const", const=True, default=None,
-                        help="the denoiser also sees the recovered nodal gradient of every field")
-    parser.add_argument("--input-products", action="store_const", const=True, default=None,
-                        help="the denoiser's first features also hold products of its inputs")
-    parser.add_argument("--device", default="cpu", help="device of the network (the FEM stays on the CPU)")
+    add_model_arguments(parser)
     parser.add_argument("--experts", nargs="*", default=None, metavar="RUN:EXPERT",
                         help="also sample these full-range runs of the folder alone and with the expert of the loss "
                              "EXPERT for t < t-max (no value: each method with its own expert)")
@@ -127,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("PETSC_OPTIONS", "-options_left no")
     import torch
-    from darcy_mesh import MODES, base_config
+    from darcy_mesh import MODES, base_config, output_folder_and_mesh
     from darcy_methods import method_config, seconds_per_step
     from local_correction import jacobi_steps
     from sampling_trajectory import scores
@@ -135,22 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     from pidm_fem.atomic_files import atomic_directory, write_json
     from pidm_fem.diffusion import noised_data_estimates
     from pidm_fem.experiments import DarcyExperiment, diffusion_loss
-    from pidm_fem.mesh import MeshError, load_mesh
-    from pidm_fem.mesh.builtin import MESH_DIR
     from pidm_fem.training import Trainer, load_checkpoint
     from pidm_fem.training.checkpoint import LAST
     from pidm_fem.training.trainer import LOG
     from pidm_fem.viz import plot_trajectories
 
-    mode = MODES[args.mode]
-    out = args.out or Path(f"outputs/darcy_mesh_{args.mode}")
-    mesh = args.mesh or MESH_DIR / mode["mesh"]
-    try:
-        load_mesh(mesh)
-    except MeshError as err:
-        print(f"low_noise_denoiser: error: {err}", file=sys.stderr)
-        return 2
-    T = mode["config"]["diffusion"]["T"]
+    out, mesh = output_folder_and_mesh(args, "low_noise_denoiser")
+    T = MODES[args.mode]["config"]["diffusion"]["T"]
     if not 1 <= args.t_max <= T:
         print(f"low_noise_denoiser: error: --t-max must lie in [1, {T}]", file=sys.stderr)
         return 2

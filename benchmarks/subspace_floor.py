@@ -52,23 +52,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("PETSC_OPTIONS", "-options_left no")
     import torch
-    from darcy_mesh import MODES, PROJECT_DIFFUSION
+    from darcy_mesh import data_experiment, output_folder_and_mesh
     from sampling_trajectory import scores
     from tqdm.auto import tqdm
 
     from pidm_fem.atomic_files import atomic_directory, write_json
     from pidm_fem.diffusion import FieldSubspaces
     from pidm_fem.evaluation import zero_channel
-    from pidm_fem.experiments import DarcyExperiment
-    from pidm_fem.mesh.builtin import MESH_DIR
-    from pidm_fem.training import config_from_dict
 
-    mode = MODES[args.mode]
-    out = args.out or Path(f"outputs/darcy_mesh_{args.mode}")
-    mesh = args.mesh or MESH_DIR / mode["mesh"]
-    config = config_from_dict({"data": mode["config"]["data"], "model": {"kind": "mesh"},
-                               "diffusion": PROJECT_DIFFUSION})
-    experiment = DarcyExperiment(config, mesh, data_dir=out / "data", run_dir=out / "subspace_floor")
+    out, mesh = output_folder_and_mesh(args, "subspace_floor")
+    experiment = data_experiment(args, mesh, out, "subspace_floor")
     n_nodes = experiment.fields.n_nodes
     if any(not 1 <= m <= n_nodes for m in args.modes):
         print(f"subspace_floor: error: --modes must lie in [1, {n_nodes}] (the mesh's nodes)", file=sys.stderr)

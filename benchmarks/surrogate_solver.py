@@ -33,18 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from darcy_mesh import add_output_folder_arguments
+    from darcy_mesh import add_model_arguments, add_output_folder_arguments
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_output_folder_arguments(parser, "output folder, whose data/ is reused")
-    parser.add_argument("--steps", type=int, default=None, help="override the mode's training steps")
-    parser.add_argument("--width", type=int, default=None, help="override the network's width")
-    parser.add_argument("--gradient-views", action="store_const", const=True, default=None,
-                        help="the network also sees the recovered nodal gradient of every field")
+    add_model_arguments(parser)
     # dest "weights": base_config reads a "c_residual" attribute as the diffusion model's weight
     parser.add_argument("--c-residual", type=float, nargs="+", default=[0.0], dest="weights",
                         help="weights of the residual term, one solver each (0: mean squared error alone)")
-    parser.add_argument("--device", default="cpu", help="device of the network (the FEM stays on the CPU)")
     return parser.parse_args(argv)
 
 
@@ -100,15 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("PETSC_OPTIONS", "-options_left no")
     import torch
-    from darcy_mesh import MODES, base_config
+    from darcy_mesh import base_config, output_folder_and_mesh
     from darcy_methods import seconds_per_step
     from sampling_trajectory import scores
 
     from pidm_fem.atomic_files import atomic_directory, write_json
     from pidm_fem.evaluation import zero_channel
     from pidm_fem.experiments import DarcyExperiment
-    from pidm_fem.mesh import MeshError, load_mesh
-    from pidm_fem.mesh.builtin import MESH_DIR
     from pidm_fem.training import Trainer, config_from_dict, load_checkpoint
     from pidm_fem.training.checkpoint import LAST
     from pidm_fem.training.trainer import LOG
@@ -116,14 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(c < 0 for c in args.weights):
         print("surrogate_solver: error: --c-residual weights must be non-negative", file=sys.stderr)
         return 2
-    mode = MODES[args.mode]
-    out = args.out or Path(f"outputs/darcy_mesh_{args.mode}")
-    mesh = args.mesh or MESH_DIR / mode["mesh"]
-    try:
-        load_mesh(mesh)
-    except MeshError as err:
-        print(f"surrogate_solver: error: {err}", file=sys.stderr)
-        return 2
+    out, mesh = output_folder_and_mesh(args, "surrogate_solver")
     sections = base_config(args)
     sections["diffusion"] = {**sections["diffusion"], "method": "ddpm", "prediction": "x0"}
     config = config_from_dict(sections, source="<surrogate_solver>")
