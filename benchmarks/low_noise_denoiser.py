@@ -22,6 +22,14 @@ darcy_mesh's cache; the runs are resumable in ``low_noise/runs/<method>_t<t-max>
     python benchmarks/low_noise_denoiser.py --quick --steps 1500 --t-max 10 --methods ddpm pidm_mean
     python benchmarks/low_noise_denoiser.py --quick --steps 1500 --t-max 10 --methods ddpm pidm_mean --experts
     python benchmarks/low_noise_denoiser.py --quick --steps 1500 --methods pidm_mean --experts pidm_trajectory:pidm_mean
+
+With ``--expert-of RUN`` the expert trains inside the pair it will be sampled in, the
+folder's full-range run RUN frozen for t >= --t-max; the ``pidm_trajectory`` loss then
+draws its trajectory states through both (chains of the sampler's length, states at
+t < --t-max), so that its physics acts on the states the sampler visits there:
+
+    python benchmarks/low_noise_denoiser.py --quick --steps 1500 --methods pidm_trajectory \
+        --expert-of pidm_trajectory --experts pidm_trajectory:pidm_trajectory
 """
 
 from __future__ import annotations
@@ -33,8 +41,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-#: trained methods whose loss this tool can restrict (no condition channels, no trajectory states)
-METHODS = ("ddpm", "pidm_mean")
+#: trained methods whose loss this tool can restrict (no condition channels); pidm_trajectory needs --expert-of
+METHODS = ("ddpm", "pidm_mean", "pidm_trajectory")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -49,6 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also sample these full-range runs of the folder alone and with the expert of the loss "
                              "EXPERT for t < t-max (no value: each method with its own expert)")
     parser.add_argument("--n-samples", type=int, default=None, help="samples per model (default: the mode's)")
+    parser.add_argument("--expert-of", choices=METHODS, default=None, metavar="RUN",
+                        help="train each expert beside the folder's full-range run RUN, frozen for t >= t-max "
+                             "(needed by pidm_trajectory, whose trajectory states are drawn through both)")
     return parser.parse_args(argv)
 
 
@@ -62,6 +73,23 @@ def low_noise_loss(loss, t_max: int):
         return loss(model, x0, generator=generator, t=t)
 
     return loss_fn
+
+
+def expert_config(args, method: str):
+    """The run configuration of the expert of ``method``.
+
+    ``pidm_trajectory``'s trajectory states are those of the benchmark's sampler in the
+    expert's range: chains of the sampler's length, stopped at t < t_max.
+    """
+    from darcy_mesh import MODES, base_config
+    from darcy_methods import method_config
+
+    base = base_config(args)
+    if method == "pidm_trajectory":
+        sampler_steps = MODES[args.mode]["config"]["sampling"]["ddim_steps"]
+        base["diffusion"] = {**base["diffusion"], "trajectory_steps": sampler_steps,
+                             "trajectory_t_fraction": args.t_max / base["diffusion"]["T"]}
+    return method_config(base, method)
 
 
 def expert_pairs(values: list[str] | None, methods: list[str]) -> list[tuple[str, str]]:
@@ -125,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     from sampling_trajectory import scores
 
     from pidm_fem.atomic_files import atomic_directory, write_json
-    from pidm_fem.diffusion import noised_data_estimates
+    from pidm_fem.diffusion import TimestepExperts, noised_data_estimates
     from pidm_fem.experiments import DarcyExperiment, diffusion_loss
     from pidm_fem.training import Trainer, load_checkpoint
     from pidm_fem.training.checkpoint import LAST
@@ -142,28 +170,44 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"low_noise_denoiser: error: --experts: {err}", file=sys.stderr)
         return 2
-    missing = [run for run, _ in pairs if not (out / "runs" / run / "last.pt").is_file()]
+    if "pidm_trajectory" in args.methods and args.expert_of is None:
+        print("low_noise_denoiser: error: --methods pidm_trajectory needs --expert-of RUN (its trajectory states are "
+              "drawn through the full-range run and the expert)", file=sys.stderr)
+        return 2
+    missing = [run for run, _ in pairs + [(args.expert_of, None)] * bool(args.expert_of)
+               if not (out / "runs" / run / "last.pt").is_file()]
     if missing:
-        print(f"low_noise_denoiser: error: --experts: no full-range run {out / 'runs' / missing[0] / 'last.pt'} "
+        print(f"low_noise_denoiser: error: no full-range run {out / 'runs' / missing[0] / 'last.pt'} "
               f"(train it with darcy_mesh.py and the same options first)", file=sys.stderr)
         return 2
+    frozen = None
+    if args.expert_of:
+        frozen = DarcyExperiment(method_config(base_config(args), args.expert_of), mesh, data_dir=out / "data",
+                                 run_dir=out / "runs" / args.expert_of).load_denoiser()[0].requires_grad_(False)
     folder = out / "low_noise"
     timesteps = list(range(args.t_max))
     results, noised, corrected, sampled = {}, None, None, {}
     for method in args.methods:
-        config = method_config(base_config(args), method)
-        run_dir = folder / "runs" / f"{method}_t{args.t_max}"
+        config = expert_config(args, method)
+        suffix = f"_of_{args.expert_of}" if args.expert_of else ""
+        run_dir = folder / "runs" / f"{method}_t{args.t_max}{suffix}"
         experiment = DarcyExperiment(config, mesh, data_dir=out / "data", run_dir=run_dir)
         normalizer = experiment.fit_normalizer()
         loss = diffusion_loss(config.diffusion, experiment.schedule, normalizer, experiment.residual,
                               state_misfit=experiment.state_misfit,
                               coefficient_channels=experiment.coefficient_channels())
-        Trainer(experiment.build_model(normalizer), low_noise_loss(loss, args.t_max),
+
+        def trainable():
+            expert = experiment.build_model(normalizer)
+            return expert if frozen is None else TimestepExperts(expert, frozen, args.t_max)
+
+        Trainer(trainable(), low_noise_loss(loss, args.t_max),
                 {"x0": experiment.node_tensor(experiment.dataset().train)}, config, run_dir,
-                mesh_fingerprint=experiment.fingerprint).train()
-        model = experiment.build_model(normalizer)
+                mesh_fingerprint=experiment.fingerprint,
+                state={} if loss.trajectory is None else {"trajectory": loss.trajectory}).train()
+        model = trainable()
         model.load_state_dict(load_checkpoint(run_dir / LAST, experiment.fingerprint).ema["shadow"])
-        model = model.to(torch.device(args.device)).eval()
+        model = (model if frozen is None else model.low).to(torch.device(args.device)).eval()
         test = experiment.node_tensor(experiment.dataset().test).to(torch.device(args.device))
         with torch.no_grad():
             estimates = noised_data_estimates(model, experiment.schedule, normalizer, test, timesteps,

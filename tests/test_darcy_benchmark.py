@@ -349,7 +349,7 @@ def test_low_noise_denoiser_trains_on_low_noise_and_scores_its_estimates(tmp_pat
         assert list(entry["estimate"]) == times and entry["seconds_per_step"] > 0
         assert (tmp_path / "low_noise" / "runs" / f"{method}_t4" / "last.pt").is_file()
     proc = subprocess.run([*common, "--t-max", "4", "--experts"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 2 and "low_noise_denoiser: error: --experts: no full-range run" in proc.stderr
+    assert proc.returncode == 2 and "low_noise_denoiser: error: no full-range run" in proc.stderr
     proc = subprocess.run([*common, "--experts", "ddpm:pidm_mean"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2 and "error: --experts: 'ddpm:pidm_mean' is not RUN:EXPERT" in proc.stderr
     # with the folder's full-range runs: each alone and with the expert, evaluated as the benchmark does
@@ -364,3 +364,27 @@ def test_low_noise_denoiser_trains_on_low_noise_and_scores_its_estimates(tmp_pat
     assert all(len(entry["residual"]["per_sample"]) == 3 for entry in experts["methods"].values())
     proc = subprocess.run([*common, "--t-max", "0"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2 and "low_noise_denoiser: error: --t-max must lie in [1, 100]" in proc.stderr
+    proc = subprocess.run([*common, "--methods", "pidm_trajectory"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "--methods pidm_trajectory needs --expert-of RUN" in proc.stderr
+
+
+def test_an_expert_trained_beside_its_frozen_run_leaves_that_run_unchanged(tmp_path):
+    import torch
+
+    from pidm_fem.training import load_checkpoint
+
+    common = ["--quick", "--mesh", str(ROOT / "meshes" / "unit_square_r0.msh"), "--out", str(tmp_path), "--steps", "2"]
+    proc = run_benchmark(*common, "--methods", "pidm_trajectory", "--train-only", "--jobs", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "low_noise_denoiser.py"), *common, "--t-max", "4",
+                           "--methods", "pidm_trajectory", "--expert-of", "pidm_trajectory", "--experts",
+                           "pidm_trajectory:pidm_trajectory", "--n-samples", "2"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    full = load_checkpoint(tmp_path / "runs" / "pidm_trajectory" / "last.pt").ema["shadow"]
+    pair = load_checkpoint(tmp_path / "low_noise" / "runs" / "pidm_trajectory_t4_of_pidm_trajectory" / "last.pt")
+    frozen = {key[len("high."):]: value for key, value in pair.ema["shadow"].items() if key.startswith("high.")}
+    assert frozen.keys() == full.keys() and all(torch.equal(frozen[key], full[key]) for key in full)
+    assert pair.config["diffusion"]["trajectory_every"] > 0 and pair.config["diffusion"]["trajectory_steps"] == 50
+    experts = json.loads((tmp_path / "low_noise" / "report" / "experts.json").read_text())
+    assert set(experts["methods"]) == {"pidm_trajectory", "pidm_trajectory+expert"}
