@@ -174,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         print("low_noise_denoiser: error: --methods pidm_trajectory needs --expert-of RUN (its trajectory states are "
               "drawn through the full-range run and the expert)", file=sys.stderr)
         return 2
-    missing = [run for run, _ in pairs + [(args.expert_of, None)] * bool(args.expert_of)
-               if not (out / "runs" / run / "last.pt").is_file()]
+    needed = [run for run, _ in pairs] + ([args.expert_of] if args.expert_of else [])
+    missing = [run for run in needed if not (out / "runs" / run / "last.pt").is_file()]
     if missing:
         print(f"low_noise_denoiser: error: no full-range run {out / 'runs' / missing[0] / 'last.pt'} "
               f"(train it with darcy_mesh.py and the same options first)", file=sys.stderr)
@@ -232,9 +232,7 @@ def main(argv: list[str] | None = None) -> int:
 
         from pidm_fem.evaluation import markdown_table
 
-        full = DarcyExperiment(method_config(base_config(args), args.methods[0]), mesh, data_dir=out / "data",
-                               run_dir=out / "runs" / args.methods[0])
-        evaluated, _ = evaluate_runs(full, sampled)
+        evaluated, _ = evaluate_runs(experiment, sampled)  # the last expert's experiment: the same data
         table = markdown_table(evaluated)
     with atomic_directory(folder / "report") as tmp:
         write_json(tmp / "low_noise.json", summary)

@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     from pidm_fem.atomic_files import atomic_directory, write_json
     from pidm_fem.evaluation import zero_channel
     from pidm_fem.experiments import DarcyExperiment
-    from pidm_fem.training import Trainer, config_from_dict, load_checkpoint
+    from pidm_fem.experiments.darcy import NORMALIZER_KEY
+    from pidm_fem.training import Trainer, config_from_dict
     from pidm_fem.training.checkpoint import LAST
     from pidm_fem.training.trainer import LOG
 
@@ -126,13 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     for c_residual in args.weights:
         name = f"c_residual_{c_residual:g}"
         run_dir = folder / "runs" / name
-        trainer = Trainer(experiment.build_model(normalizer), solver.loss(c_residual),
-                          {"x0": experiment.node_tensor(splits.train)}, config, run_dir,
-                          mesh_fingerprint=experiment.fingerprint)
-        trainer.train()
-        model = experiment.build_model(normalizer)
-        model.load_state_dict(load_checkpoint(run_dir / LAST, experiment.fingerprint).ema["shadow"])
-        model = model.to(torch.device(args.device)).eval()
+        Trainer(experiment.build_model(normalizer), solver.loss(c_residual),
+                {"x0": experiment.node_tensor(splits.train)}, config, run_dir,
+                mesh_fingerprint=experiment.fingerprint, extra={NORMALIZER_KEY: normalizer.state_dict()}).train()
+        model, _ = experiment.load_denoiser(run_dir / LAST)
         with torch.no_grad():
             estimate = normalizer.denormalize(solver.predict(model, normalizer.normalize(test)))
         predictions[name] = estimate.cpu().double()
