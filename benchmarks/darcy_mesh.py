@@ -3,9 +3,10 @@
 On the embedded default mesh (or --mesh PATH): generates (or reuses) the Darcy
 dataset, trains DDPM, PIDM ("mean" and, unless --no-sample-estimation, "sample"),
 physics-guided conditioning and (outside --quick) PIDM with physics on its own
-trajectory states, with the same seed, model, optimiser and steps (side by side in
---jobs processes, one per core by default), samples each (CoCoGen corrections reuse
-the DDPM and PIDM models), and evaluates physics
+trajectory states and low-noise experts of DDPM and of that PIDM (a second network
+for the last steps, trained beside the frozen model), with the same seed, model,
+optimiser and steps (side by side in --jobs processes, one per core by default),
+samples each (CoCoGen corrections reuse the DDPM and PIDM models), and evaluates physics
 (mean |r| of the strong-form residual, against the data's own floor and the
 trivial field p = 0; the relative L2 error of p against the pressure solved for
 the sample's own K), fidelity (per-field statistics, energy and sliced
@@ -82,11 +83,11 @@ MODES = {
 #: changing the pressure only (K is the sample's coefficient; the corrections solve for its state);
 #: the number of steps after sampling is the mode's "cocogen_after"
 COCOGEN = {"cocogen_during": 5, "cocogen_step": 1e-3, "cocogen_line_search": True, "cocogen_gradient": "state"}
-METHODS = ("ddpm", "pidm_mean", "pidm_sample", "physics_guided", "pidm_trajectory", "cocogen", "pidm_cocogen",
-           "pidm_trajectory_cocogen")
+METHODS = ("ddpm", "pidm_mean", "pidm_sample", "physics_guided", "pidm_trajectory", "ddpm_expert",
+           "pidm_trajectory_expert", "cocogen", "pidm_cocogen", "pidm_trajectory_cocogen")
 #: methods of --quick unless --methods says otherwise: the trajectory-state PIDM's training (2.6x DDPM's
-#: step) would take `make demo` past its 10 minutes
-QUICK_METHODS = tuple(m for m in METHODS if not m.startswith("pidm_trajectory"))
+#: step) and the experts' (a second network per model) would take `make demo` past its 10 minutes
+QUICK_METHODS = tuple(m for m in METHODS if not (m.startswith("pidm_trajectory") or m.endswith("_expert")))
 
 
 #: sampling keys that the --sampler, --ddim-steps and --eta options override
@@ -167,8 +168,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--n-samples", type=int, default=None, help="override the number of generated samples")
     parser.add_argument("--no-sample-estimation", action="store_true", help="skip PIDM with 'sample' estimation")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=None,
-                        help="methods to compare (default: all, without the pidm_trajectory ones in --quick; "
-                             "cocogen needs ddpm, pidm_cocogen pidm_mean, pidm_trajectory_cocogen pidm_trajectory)")
+                        help="methods to compare (default: all, without the pidm_trajectory and expert ones in "
+                             "--quick; cocogen and ddpm_expert need ddpm, pidm_cocogen pidm_mean, "
+                             "pidm_trajectory_cocogen and pidm_trajectory_expert pidm_trajectory)")
     parser.add_argument("--c-residual", type=float, default=None, help="override the residual weight of PIDM")
     parser.add_argument("--output-modes", type=int, default=None,
                         help="confine each field of the clean estimate to the training data's leading principal "
@@ -358,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     # Firedrake hands sys.argv to PETSc: do not report this script's own options as unused PETSc options.
     os.environ.setdefault("PETSC_OPTIONS", "-options_left no")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from darcy_methods import CORRECTED, TRAINED, train_all, train_and_sample, train_in_parallel
+    from darcy_methods import CORRECTED, EXPERT_OF, TRAINED, train_all, train_and_sample, train_in_parallel
     from pidm_fem.atomic_files import atomic_directory, write_json
     from pidm_fem.evaluation import markdown_table
     from pidm_fem.mesh import MeshError, load_mesh
@@ -374,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"darcy_mesh: error: {err}", file=sys.stderr)
         return 2
     methods = selected_methods(args)
-    for method, trained in CORRECTED.items():
+    for method, trained in {**CORRECTED, **EXPERT_OF}.items():
         if method in methods and trained not in methods:
             print(f"darcy_mesh: error: --methods: {method} samples the {trained} model, so it needs {trained}",
                   file=sys.stderr)

@@ -9,6 +9,12 @@ only in the switches of the diffusion configuration:
 * ``pidm_trajectory``: PIDM-mean whose physics terms also act on states of the network's own
   DDIM trajectories, with the state misfit beside the residual (:data:`TRAJECTORY_DEFAULTS`);
 * ``physics_guided``: residual-gradient conditioning with classifier-free guidance;
+* ``ddpm_expert``, ``pidm_trajectory_expert``: the DDPM and PIDM-trajectory models, each
+  sampled with a low-noise expert for the steps t < :data:`EXPERT_BELOW` (eDiff-I's
+  ensemble of expert denoisers), trained with the model's own loss beside the model,
+  frozen (:data:`EXPERT_OF`); PIDM-trajectory's expert draws its trajectory states
+  through both, by chains of the sampler's length, so that its physics acts on the
+  states the sampler visits below the split;
 * ``cocogen``: the DDPM model, sampled with residual corrections;
 * ``pidm_cocogen``: the PIDM-mean model, sampled with the same corrections;
 * ``pidm_trajectory_cocogen``: the PIDM-trajectory model, sampled with the same corrections.
@@ -40,12 +46,18 @@ TRAINED = {
     "physics_guided": {"method": "physics_guided"},
     "pidm_trajectory": {"method": "pidm", "x0_estimation": "mean"},
 }
+#: first timestep of the full-range model under a low-noise expert (docs/darcy_studies.md, "A low-noise expert":
+#: at the quick scale t < 10 did as well as t < 20 and better than t < 30)
+EXPERT_BELOW = 10
+#: low-noise experts: the full-range method each trains beside (frozen) and is sampled with
+EXPERT_OF = {"ddpm_expert": "ddpm", "pidm_trajectory_expert": "pidm_trajectory"}
+TRAINED.update({expert: {**TRAINED[run], "expert_below": EXPERT_BELOW} for expert, run in EXPERT_OF.items()})
 #: diffusion keys of ``pidm_trajectory`` where the run's configuration leaves them unset (the options of the
 #: README's "Trajectory states in the default mode": chains of 10 DDIM steps drawn every 25 training steps,
 #: states at t < T / 2, state misfit of weight 1)
 TRAJECTORY_DEFAULTS = {"trajectory_every": 25, "trajectory_steps": 10, "trajectory_t_fraction": 0.5, "c_state": 1.0}
 #: per trained method, the diffusion keys it sets where the run's configuration leaves them unset
-DEFAULTS = {"pidm_trajectory": TRAJECTORY_DEFAULTS}
+DEFAULTS = {"pidm_trajectory": TRAJECTORY_DEFAULTS, "pidm_trajectory_expert": TRAJECTORY_DEFAULTS}
 #: sampled-only methods: the trained method whose model they sample with CoCoGen corrections
 CORRECTED = {"cocogen": "ddpm", "pidm_cocogen": "pidm_mean", "pidm_trajectory_cocogen": "pidm_trajectory"}
 #: prctl option of Linux: the signal a process receives when its parent dies
@@ -53,17 +65,25 @@ PR_SET_PDEATHSIG = 1
 #: relative cost of a training step (quick mode, one core each: 80, 88, 168 and 88 s for 350 steps;
 #: pidm_trajectory: default mode, 1.56 against DDPM's 0.61 s per step side by side; with the fused
 #: slice attention, default mode: 1, 1.03, 2.1, 1.04 and 2.8, which groups the methods the same way)
-STEP_COST = {"ddpm": 1.0, "pidm_mean": 1.1, "pidm_sample": 2.1, "physics_guided": 1.1, "pidm_trajectory": 2.6}
+STEP_COST = {"ddpm": 1.0, "pidm_mean": 1.1, "pidm_sample": 2.1, "physics_guided": 1.1, "pidm_trajectory": 2.6,
+             "ddpm_expert": 1.0, "pidm_trajectory_expert": 1.5}
 
 
 def method_config(base: dict, method: str):
     """The run configuration of ``method`` from the shared ``base`` sections.
 
     The method's :data:`TRAINED` keys override ``base``; its :data:`DEFAULTS` fill the
-    diffusion keys that ``base`` leaves unset (so a command-line option still wins).
+    diffusion keys that ``base`` leaves unset (so a command-line option still wins). The
+    trajectory states of an expert (:data:`EXPERT_OF`) are drawn, unless ``base`` says
+    otherwise, by chains of the sampler's length (its DDIM steps, or T for DDPM).
     """
     sections = copy.deepcopy(base)
-    sections["diffusion"] = {**DEFAULTS.get(method, {}), **sections.get("diffusion", {}), **TRAINED[method]}
+    defaults = dict(DEFAULTS.get(method, {}))
+    if method in EXPERT_OF and defaults:
+        sampling = config_from_dict({"sampling": sections.get("sampling", {})}).sampling
+        T = config_from_dict({"diffusion": sections.get("diffusion", {})}).diffusion.T
+        defaults["trajectory_steps"] = sampling.ddim_steps if sampling.sampler == "ddim" else T
+    sections["diffusion"] = {**defaults, **sections.get("diffusion", {}), **TRAINED[method]}
     return config_from_dict(sections, source=f"<{method}>")
 
 
@@ -77,34 +97,49 @@ def seconds_per_step(log: Path) -> float:
 def train_all(base: dict, methods: list[str], mesh, out: Path, workers: int, progress: bool) -> dict:
     """Train each trained method of ``methods`` (resuming finished or partial runs in ``out/runs``).
 
+    Each low-noise expert (:data:`EXPERT_OF`) trains after the full-range methods, from
+    its method's run in ``out/runs``.
+
     Returns
     -------
     dict
-        ``{method: DarcyExperiment}`` of the trained methods, in order.
+        ``{method: DarcyExperiment}`` of the trained methods, in the order of ``methods``.
     """
     experiments = {}
-    for method in [m for m in methods if m in TRAINED]:
+    trained = [m for m in methods if m in TRAINED]
+    for method in [m for m in trained if m not in EXPERT_OF] + [m for m in trained if m in EXPERT_OF]:
         experiment = DarcyExperiment(method_config(base, method), mesh, data_dir=out / "data",
                                      run_dir=out / "runs" / method, workers=workers, progress=progress)
-        experiment.train()
+        high = None
+        if method in EXPERT_OF:
+            run = EXPERT_OF[method]
+            high, _ = DarcyExperiment(method_config(base, run), mesh, data_dir=out / "data",
+                                      run_dir=out / "runs" / run, progress=progress).load_denoiser()
+        experiment.train(high)
         experiments[method] = experiment
-    return experiments
+    return dict(sorted(experiments.items(), key=lambda item: trained.index(item[0])))
 
 
 def balanced_groups(methods: list[str], jobs: int) -> list[list[str]]:
     """The trained methods of ``methods`` split into at most ``jobs`` groups of similar cost.
 
-    Longest step first, each to the group with the least cost so far (:data:`STEP_COST`);
-    empty groups are dropped.
+    A low-noise expert stays in its full-range method's group, after it, when both are
+    in ``methods`` (it trains from that run). Costliest first, each method with its
+    expert to the group with the least cost so far (:data:`STEP_COST`); empty groups are
+    dropped.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
+    trained = [m for m in methods if m in TRAINED]
+    units = {m: [m] for m in trained if EXPERT_OF.get(m) not in trained}
+    for expert in [m for m in trained if EXPERT_OF.get(m) in trained]:
+        units[EXPERT_OF[expert]].append(expert)
     groups: list[list[str]] = [[] for _ in range(jobs)]
     costs = [0.0] * jobs
-    for method in sorted((m for m in methods if m in TRAINED), key=lambda m: -STEP_COST[m]):
+    for unit in sorted(units.values(), key=lambda unit: -sum(STEP_COST[m] for m in unit)):
         cheapest = costs.index(min(costs))
-        groups[cheapest].append(method)
-        costs[cheapest] += STEP_COST[method]
+        groups[cheapest] += unit
+        costs[cheapest] += sum(STEP_COST[m] for m in unit)
     return [group for group in groups if group]
 
 
@@ -128,8 +163,9 @@ def train_in_parallel(base: dict, methods: list[str], mesh, out: Path, workers: 
     the runs are those of a sequential run, and a later :func:`train_all` resumes them.
     A failure in any process is raised here; stopping this process stops them all.
     """
-    steps = base["training"]["steps"]
-    groups = balanced_groups([m for m in methods if not _finished(out / "runs" / m / LAST, steps)], jobs)
+    unfinished = [m for m in methods if m in TRAINED
+                  and not _finished(out / "runs" / m / LAST, method_config(base, m).training.steps)]
+    groups = balanced_groups(unfinished, jobs)
     if len(groups) < 2:
         return
     first = groups[0][0]

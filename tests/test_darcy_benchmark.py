@@ -120,6 +120,31 @@ def test_trajectory_method_fills_its_defaults_and_the_options_win():
     assert explicit.diffusion.trajectory_steps == TRAJECTORY_DEFAULTS["trajectory_steps"]
 
 
+def test_each_expert_trains_its_models_loss_below_the_split_with_the_samplers_chains():
+    from darcy_mesh import base_config, parse_args
+    from darcy_methods import EXPERT_BELOW, EXPERT_OF, method_config
+
+    for mode, chain in (("default", 50), ("full", 100)):  # DDIM's 50 steps, or DDPM's T = 100
+        base = base_config(parse_args([] if mode == "default" else [f"--{mode}"]))
+        for expert, run in EXPERT_OF.items():
+            ours, theirs = method_config(base, expert).diffusion, method_config(base, run).diffusion
+            assert ours.expert_below == EXPERT_BELOW and theirs.expert_below == 0
+            assert (ours.method, ours.x0_estimation, ours.c_state) == (theirs.method, theirs.x0_estimation,
+                                                                       theirs.c_state)
+        trajectory = method_config(base, "pidm_trajectory_expert").diffusion
+        assert trajectory.trajectory_every > 0 and trajectory.trajectory_steps == chain
+    explicit = method_config(base_config(parse_args(["--trajectory-steps", "7"])), "pidm_trajectory_expert")
+    assert explicit.diffusion.trajectory_steps == 7
+
+
+def test_an_expert_without_its_model_is_a_one_line_error(tmp_path):
+    proc = run_benchmark("--quick", "--methods", "pidm_trajectory_expert", "--out", str(tmp_path / "bench"))
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "darcy_mesh: error: --methods: pidm_trajectory_expert samples the pidm_trajectory model, "
+        "so it needs pidm_trajectory")
+    assert not (tmp_path / "bench").exists()
+
+
 def test_every_mode_configures_every_trained_method_and_its_denoiser(tmp_path):
     """The modes' settings are valid run configurations, --full (the GPU mode, never run here) included."""
     from darcy_mesh import MODES, base_config, parse_args
@@ -145,7 +170,8 @@ def test_quick_mode_leaves_the_trajectory_methods_out_unless_asked():
 
     assert selected_methods(parse_args([])) == list(METHODS)
     assert selected_methods(parse_args(["--quick"])) == list(QUICK_METHODS)
-    assert not any(m.startswith("pidm_trajectory") for m in QUICK_METHODS) and set(QUICK_METHODS) < set(METHODS)
+    assert not any(m.startswith("pidm_trajectory") or m.endswith("_expert") for m in QUICK_METHODS)
+    assert set(QUICK_METHODS) < set(METHODS)
     asked = ["ddpm", "pidm_trajectory"]
     assert selected_methods(parse_args(["--quick", "--methods", *asked])) == asked
     assert "pidm_sample" not in selected_methods(parse_args(["--no-sample-estimation"]))
@@ -160,6 +186,11 @@ def test_balanced_groups_split_the_trained_methods_by_cost():
     assert sorted(map(len, balanced_groups(methods, 8))) == [1, 1, 1, 1]  # no empty group, sampled-only left out
     with pytest.raises(ValueError, match="jobs must be at least 1"):
         balanced_groups(methods, 0)
+    # an expert trains after its model, in its model's process; alone when its model is not asked for
+    experts = ["ddpm", "pidm_trajectory_expert", "pidm_trajectory", "ddpm_expert", "pidm_mean"]
+    assert balanced_groups(experts, 2) == [["pidm_trajectory", "pidm_trajectory_expert"],
+                                           ["ddpm", "ddpm_expert", "pidm_mean"]]
+    assert balanced_groups(["ddpm_expert", "pidm_mean"], 2) == [["pidm_mean"], ["ddpm_expert"]]
 
 
 def test_bad_jobs_is_a_one_line_error(tmp_path):

@@ -474,3 +474,46 @@ def test_output_modes_confine_the_samples_to_the_training_datas_principal_subspa
         fitted = centred.T @ coefficients.solution
         torch.testing.assert_close(fitted.T + train[:, channel].mean(dim=0), samples[:, channel],
                                    rtol=0, atol=1e-4)  # sampled in float32; the fields are of order 1
+
+
+def test_a_low_noise_expert_trains_below_its_split_beside_the_frozen_model_and_samples_with_it(data_dir, tmp_path):
+    """diffusion.expert_below: the pair's high expert keeps the full-range run's weights, its low one learns."""
+    from pidm_fem.diffusion import TimestepExperts
+
+    trajectory = {"c_state": 1.0, "trajectory_every": 2, "trajectory_steps": 4, "trajectory_t_fraction": 0.5}
+    full_config = small_config(model={"width": 8}, diffusion=trajectory, training={"steps": 4, "batch_size": 2})
+    full = DarcyExperiment(full_config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path / "full", progress=False)
+    full.train()
+    high, _ = full.load_denoiser()
+
+    config = small_config(model={"width": 8}, diffusion={**trajectory, "expert_below": 5},
+                          training={"steps": 4, "batch_size": 2})
+    expert = DarcyExperiment(config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path / "expert", progress=False)
+    with pytest.raises(ConfigError, match="expert_below: the expert run .* starts from a full-range denoiser"):
+        expert.trainer()
+    with pytest.raises(ConfigError, match="trains no expert beside a frozen model"):
+        full.trainer(high)
+    summary = expert.train(high)
+    assert summary.components["state"] > 0  # the trajectory states of the pair reach the expert's loss
+
+    # Every timestep the loss drew lies below the split, and so do the trajectory states.
+    loss = diffusion_loss(config.diffusion, expert.schedule, expert.fit_normalizer(), expert.residual,
+                          state_misfit=expert.state_misfit)
+    assert loss.max_t == 5 and loss.trajectory.max_t == 5
+
+    pair, _ = expert.load_denoiser()
+    assert isinstance(pair, TimestepExperts) and pair.split == 5
+    for key, value in high.state_dict().items():
+        assert torch.equal(pair.high.state_dict()[key], value), key
+    fresh = expert.build_model()
+    assert any(not torch.equal(a, b) for a, b in zip(pair.low.parameters(), fresh.low.parameters()))
+    assert all(not p.requires_grad for p in fresh.high.parameters())
+    rows = expert.sample(3, seed=1)
+    assert rows.shape == (3, 2 * expert.fields.n_nodes) and np.all(np.isfinite(rows))
+
+    with pytest.raises(ConfigError, match="must be at most T = 20"):
+        diffusion_loss(dataclasses.replace(config.diffusion, expert_below=21), expert.schedule,
+                       expert.fit_normalizer(), expert.residual)
+    with pytest.raises(ConfigError, match="cannot be physics_guided"):
+        diffusion_loss(dataclasses.replace(config.diffusion, method="physics_guided"), expert.schedule,
+                       expert.fit_normalizer(), expert.residual)

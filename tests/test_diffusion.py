@@ -181,6 +181,25 @@ def test_physics_max_t_drops_the_noisy_samples_from_the_residual_term(normalizer
         PIDMLoss(CosineSchedule(), normalizer, residual=residual, physics_max_t=0)
 
 
+def test_max_t_draws_the_timesteps_of_a_low_noise_expert_only(normalizer, data):
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x, t, cond=None, scalars=None):
+            seen.append(t.clone())
+            return torch.zeros_like(x)
+
+    loss = PIDMLoss(CosineSchedule(), normalizer, c_residual=0.0, max_t=3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        loss(Recorder(), data, generator=generator)
+    drawn = torch.cat(seen)
+    assert set(drawn.tolist()) == {0, 1, 2}  # every step below the split, and none above
+    for bad in (0, 101, 2.5):
+        with pytest.raises(ValueError, match="max_t must be an integer in"):
+            PIDMLoss(CosineSchedule(), normalizer, max_t=bad)
+
+
 @pytest.mark.parametrize(
     ("method", "n_steps", "eta"),
     [("ddpm", None, 0.0), ("ddim", 100, 0.0), ("ddim", 10, 0.0), ("ddim", 7, 0.5), ("ddim", 20, 1.0)],

@@ -122,6 +122,9 @@ class PIDMLoss:
         per call, whatever ``x0_estimate`` (weighted with the posterior variance of their own t, and not restricted
         by ``physics_max_t``: the trajectory has its own ``max_t``). Needs a problem
         without condition fields, scalars or physics-guided conditioning.
+    max_t
+        The random timesteps are drawn from ``t < max_t`` (the range of a low-noise
+        expert, :class:`~pidm_fem.diffusion.TimestepExperts`); from every step when None.
     """
 
     schedule: CosineSchedule
@@ -145,6 +148,7 @@ class PIDMLoss:
     c_state: float = 0.0
     state_on: str = "all"
     trajectory: TrajectoryStates | None = None
+    max_t: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("c_data", "c_residual", "c_eq", "c_ineq", "lambda_opt", "snr_gamma", "c_state"):
@@ -157,8 +161,10 @@ class PIDMLoss:
             raise ValueError(f"state_on must be one of {STATE_ON}, got {self.state_on!r}")
         if not isinstance(self.sample_steps, int) or isinstance(self.sample_steps, bool) or self.sample_steps < 1:
             raise ValueError(f"sample_steps must be a positive integer, got {self.sample_steps!r}")
-        if self.physics_max_t is not None and not 1 <= self.physics_max_t <= self.schedule.T:
-            raise ValueError(f"physics_max_t must lie in [1, T = {self.schedule.T}], got {self.physics_max_t!r}")
+        for name in ("physics_max_t", "max_t"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and 1 <= value <= self.schedule.T):
+                raise ValueError(f"{name} must be an integer in [1, T = {self.schedule.T}], got {value!r}")
         if self.c_residual > 0 and self.residual is None:
             raise ValueError("c_residual > 0 needs a residual callable")
         if self.c_state > 0 and self.state_misfit is None:
@@ -259,7 +265,8 @@ class PIDMLoss:
         batch = x0.shape[0]
         if t is None:
             draw_device = generator.device if generator is not None else x0.device
-            t = torch.randint(0, self.schedule.T, (batch,), generator=generator, device=draw_device).to(x0.device)
+            high = self.schedule.T if self.max_t is None else self.max_t
+            t = torch.randint(0, high, (batch,), generator=generator, device=draw_device).to(x0.device)
         elif t.shape != (batch,):
             raise ValueError(f"fixed timesteps must have shape ({batch},), got {tuple(t.shape)}")
         x0_norm = self.normalizer.normalize(x0)

@@ -53,6 +53,7 @@ from pidm_fem.diffusion import (
     PIDMLoss,
     Residual,
     SubspaceDenoiser,
+    TimestepExperts,
     TrajectoryStates,
     principal_subspace,
     sample,
@@ -106,6 +107,9 @@ def diffusion_loss(
       states of the network's own ``trajectory_steps``-step DDIM trajectories at
       ``t < trajectory_t_fraction * T``, drawn afresh every ``trajectory_every`` steps
       (with DDIM's ``trajectory_eta``: 0 deterministic, 1 ancestral).
+    * ``expert_below`` > 0 (any method but physics_guided): the loss draws its timesteps
+      from ``t < expert_below`` only, the range of a low-noise expert, and the trajectory
+      states are taken below it too.
     * ``physics_guided``: the data loss of a denoiser that receives the residual
       gradient of x_t as C extra condition channels, dropped with probability
       ``cond_dropout`` when ``training``.
@@ -141,6 +145,11 @@ def diffusion_loss(
                 f"must be 0, got {getattr(config, key)}"
             )
     pidm = config.method == "pidm"
+    expert_below = config.expert_below or None
+    if expert_below is not None and config.method == "physics_guided":
+        raise ConfigError("diffusion.expert_below: a low-noise expert cannot be physics_guided (no condition channels)")
+    if expert_below is not None and expert_below > config.T:
+        raise ConfigError(f"diffusion.expert_below: must be at most T = {config.T}, got {expert_below}")
     if pidm and config.c_state > 0 and config.state_on == "trajectory" and config.trajectory_every == 0:
         raise ConfigError("diffusion.state_on: 'trajectory' needs trajectory states (trajectory_every > 0)")
     trajectory = None
@@ -150,7 +159,7 @@ def diffusion_loss(
                 schedule,
                 config.trajectory_every,
                 config.trajectory_steps,
-                _max_t(config.trajectory_t_fraction, config.T),
+                min(_max_t(config.trajectory_t_fraction, config.T), expert_below or config.T),
                 config.trajectory_eta,
             )
         except ValueError as err:
@@ -174,6 +183,7 @@ def diffusion_loss(
         c_state=config.c_state if pidm else 0.0,
         state_on=config.state_on,
         trajectory=trajectory,
+        max_t=expert_below,
     )
 
 
@@ -408,8 +418,19 @@ class DarcyExperiment:
         (:class:`~pidm_fem.diffusion.VPredictionDenoiser`). With ``model.output_modes``
         its estimate is confined to the training data's principal subspace of each field
         (:class:`~pidm_fem.diffusion.SubspaceDenoiser`, in the units of ``normalizer``,
-        fitted here when None). The global torch RNG is left as it was.
+        fitted here when None). With ``diffusion.expert_below`` > 0 it is a
+        :class:`~pidm_fem.diffusion.TimestepExperts` pair of two such denoisers: the
+        trained low-noise expert for ``t < expert_below`` and, with its parameters frozen,
+        the full-range denoiser it is sampled beside (its weights come from
+        :meth:`trainer`'s ``high`` or a checkpoint). The global torch RNG is left as it was.
         """
+        split = self.config.diffusion.expert_below
+        if not split:
+            return self._build_denoiser(normalizer)
+        return TimestepExperts(self._build_denoiser(normalizer), self._build_denoiser(normalizer).requires_grad_(False),
+                               split)
+
+    def _build_denoiser(self, normalizer: FieldNormalizer | None) -> nn.Module:
         n_fields = self.fields.n_channels
         views = self.input_views()
         cond_channels = (n_fields if self.config.diffusion.method == "physics_guided" else 0) + len(views)
@@ -442,11 +463,25 @@ class DarcyExperiment:
         subspaces = [principal_subspace(train[:, channel], weights, modes) for channel in range(train.shape[1])]
         return FieldSubspaces(subspaces, weights)
 
-    def trainer(self) -> Trainer:
+    def trainer(self, high: nn.Module | None = None) -> Trainer:
         """A :class:`~pidm_fem.training.Trainer` on the training split, resuming from the run folder.
 
         Its loss draws t, the noise and the condition dropout from the trainer's
         generator; validation (on the validation split, if any) runs without dropout.
+
+        Parameters
+        ----------
+        high
+            The full-range denoiser (normalised units, e.g. another run's
+            :meth:`load_denoiser`) beside which a low-noise expert run
+            (``diffusion.expert_below`` > 0) trains; its weights are copied into the pair,
+            frozen. Needed to start such a run; a resumed one has them in its checkpoint.
+
+        Raises
+        ------
+        ConfigError
+            If ``high`` is given to a run that is not an expert, or missing for an expert
+            run with no checkpoint to resume from.
         """
         splits = self.dataset()
         normalizer = self.fit_normalizer()
@@ -468,9 +503,18 @@ class DarcyExperiment:
             loss = train_loss if model.training else eval_loss
             return loss(model, batch["x0"], generator=generator)
 
+        model = self.build_model(normalizer)
+        if not diffusion.expert_below:
+            if high is not None:
+                raise ConfigError("a full-range run (diffusion.expert_below: 0) trains no expert beside a frozen model")
+        elif high is not None:
+            model.high.load_state_dict(high.state_dict())
+        elif not (self.run_dir / LAST).is_file():
+            raise ConfigError(f"diffusion.expert_below: the expert run {self.run_dir} starts from a full-range "
+                              f"denoiser, and none was given")
         val_data = {"x0": self.node_tensor(splits.val)} if len(splits.val) else None
         return Trainer(
-            self.build_model(normalizer),
+            model,
             loss_fn,
             {"x0": self.node_tensor(splits.train)},
             self.config,
@@ -482,9 +526,12 @@ class DarcyExperiment:
             progress=self.progress,
         )
 
-    def train(self) -> TrainingSummary:
-        """Train (or resume training) up to ``training.steps``; the last checkpoint is ``run_dir/last.pt``."""
-        return self.trainer().train()
+    def train(self, high: nn.Module | None = None) -> TrainingSummary:
+        """Train (or resume training) up to ``training.steps``; the last checkpoint is ``run_dir/last.pt``.
+
+        ``high``: the full-range denoiser of a low-noise expert run (:meth:`trainer`).
+        """
+        return self.trainer(high).train()
 
     def load_denoiser(self, checkpoint: str | os.PathLike | None = None) -> tuple[nn.Module, FieldNormalizer]:
         """A checkpoint's EMA denoiser, in evaluation mode on ``training.device``, and its normaliser.

@@ -55,7 +55,7 @@ class RasterGrid:
     def __post_init__(self) -> None:
         if len(self.shape) != 2 or min(self.shape) < 2:
             raise ValueError(f"raster shape must be (H, W) with H, W >= 2, got {self.shape}")
-        if not all(u > l for l, u in zip(self.lower, self.upper)):
+        if not all(hi > lo for lo, hi in zip(self.lower, self.upper)):
             raise ValueError(f"raster box must have upper > lower, got {self.lower} and {self.upper}")
 
     @classmethod

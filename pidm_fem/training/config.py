@@ -166,6 +166,7 @@ class DiffusionConfig(_Section):
     trajectory_steps: int = _key(10, _at_least(1))
     trajectory_t_fraction: float = _key(0.5, _fraction)
     trajectory_eta: float = _key(0.0, _in_interval(0, 1, closed_high=True))
+    expert_below: int = _key(0, _at_least(0))
     c_eq: float = _key(0.0, _at_least(0))
     c_ineq: float = _key(0.0, _at_least(0))
     lambda_opt: float = _key(0.0, _at_least(0))
