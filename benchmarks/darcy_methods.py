@@ -51,13 +51,14 @@ TRAINED = {
 EXPERT_BELOW = 10
 #: low-noise experts: the full-range method each trains beside (frozen) and is sampled with
 EXPERT_OF = {"ddpm_expert": "ddpm", "pidm_trajectory_expert": "pidm_trajectory"}
-TRAINED.update({expert: {**TRAINED[run], "expert_below": EXPERT_BELOW} for expert, run in EXPERT_OF.items()})
+TRAINED.update({expert: TRAINED[run] for expert, run in EXPERT_OF.items()})
 #: diffusion keys of ``pidm_trajectory`` where the run's configuration leaves them unset (the options of the
 #: README's "Trajectory states in the default mode": chains of 10 DDIM steps drawn every 25 training steps,
 #: states at t < T / 2, state misfit of weight 1)
 TRAJECTORY_DEFAULTS = {"trajectory_every": 25, "trajectory_steps": 10, "trajectory_t_fraction": 0.5, "c_state": 1.0}
 #: per trained method, the diffusion keys it sets where the run's configuration leaves them unset
-DEFAULTS = {"pidm_trajectory": TRAJECTORY_DEFAULTS, "pidm_trajectory_expert": TRAJECTORY_DEFAULTS}
+DEFAULTS = {"pidm_trajectory": TRAJECTORY_DEFAULTS, "ddpm_expert": {"expert_below": EXPERT_BELOW},
+            "pidm_trajectory_expert": {**TRAJECTORY_DEFAULTS, "expert_below": EXPERT_BELOW}}
 #: sampled-only methods: the trained method whose model they sample with CoCoGen corrections
 CORRECTED = {"cocogen": "ddpm", "pidm_cocogen": "pidm_mean", "pidm_trajectory_cocogen": "pidm_trajectory"}
 #: prctl option of Linux: the signal a process receives when its parent dies
@@ -79,7 +80,7 @@ def method_config(base: dict, method: str):
     """
     sections = copy.deepcopy(base)
     defaults = dict(DEFAULTS.get(method, {}))
-    if method in EXPERT_OF and defaults:
+    if method in EXPERT_OF and "trajectory_steps" in defaults:
         sampling = config_from_dict({"sampling": sections.get("sampling", {})}).sampling
         T = config_from_dict({"diffusion": sections.get("diffusion", {})}).diffusion.T
         defaults["trajectory_steps"] = sampling.ddim_steps if sampling.sampler == "ddim" else T

@@ -4,8 +4,10 @@ A trained model's samples cannot beat its last step's "bound": its clean estimat
 test data noised at t = 1 (sampling_trajectory.py). The full-range denoisers leave a
 bound 2-3x above what one exact local correction of the equation leaves
 (local_correction.py). This tool trains the benchmark's denoiser (the mode's model,
-representation, optimiser, batch, steps and EMA; a method's loss: ddpm or pidm_mean)
-on timesteps t < --t-max only, so that all of its capacity and every training step go
+representation, optimiser, batch, steps and EMA; a method's loss: ddpm, pidm_mean or
+pidm_trajectory) on timesteps t < --t-max only (``diffusion.expert_below``: a low-noise
+expert, trained beside the folder's full-range run of the same method, or of
+--expert-of, frozen), so that all of its capacity and every training step go
 to the precision of the low-noise estimate, and scores its estimates of the test data
 noised at each t < --t-max (the same noise draw as sampling_trajectory.py) beside the
 noised data and one exact local correction of it. With ``--experts RUN:EXPERT ...`` it
@@ -17,17 +19,20 @@ and evaluates them as the benchmark does (``--experts`` alone: each method with 
 expert). Writes
 ``low_noise/report/low_noise.json``, ``low_noise.png`` and (with ``--experts``)
 ``experts.json`` and ``experts.md`` to the output folder, whose ``data/`` is
-darcy_mesh's cache; the runs are resumable in ``low_noise/runs/<method>_t<t-max>``.
+darcy_mesh's cache; the runs are resumable in ``low_noise/runs/<method>_t<t-max>``
+(``..._of_<RUN>`` with --expert-of).
+
+The expert trains inside the pair it is sampled in, the folder's full-range run
+(``runs/<method>``, or ``runs/<RUN>`` with ``--expert-of RUN``) frozen for
+t >= --t-max; the ``pidm_trajectory`` loss draws its trajectory states through both
+(chains of the sampler's length, states at t < --t-max), so that its physics acts on
+the states the sampler visits there (darcy_mesh.py's pidm_trajectory_expert at
+--t-max 10). For the other losses the frozen run serves the sampling only. Each
+command needs the full-range runs it names (darcy_mesh.py with the same options):
 
     python benchmarks/low_noise_denoiser.py --quick --steps 1500 --t-max 10 --methods ddpm pidm_mean
     python benchmarks/low_noise_denoiser.py --quick --steps 1500 --t-max 10 --methods ddpm pidm_mean --experts
     python benchmarks/low_noise_denoiser.py --quick --steps 1500 --methods pidm_mean --experts pidm_trajectory:pidm_mean
-
-With ``--expert-of RUN`` the expert trains inside the pair it will be sampled in, the
-folder's full-range run RUN frozen for t >= --t-max; the ``pidm_trajectory`` loss then
-draws its trajectory states through both (chains of the sampler's length, states at
-t < --t-max), so that its physics acts on the states the sampler visits there:
-
     python benchmarks/low_noise_denoiser.py --quick --steps 1500 --methods pidm_trajectory \
         --expert-of pidm_trajectory --experts pidm_trajectory:pidm_trajectory
 """
@@ -41,7 +46,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-#: trained methods whose loss this tool can restrict (no condition channels); pidm_trajectory needs --expert-of
+#: trained methods whose loss this tool can restrict (no condition channels)
 METHODS = ("ddpm", "pidm_mean", "pidm_trajectory")
 
 
@@ -59,37 +64,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--n-samples", type=int, default=None, help="samples per model (default: the mode's)")
     parser.add_argument("--expert-of", choices=METHODS, default=None, metavar="RUN",
                         help="train each expert beside the folder's full-range run RUN, frozen for t >= t-max "
-                             "(needed by pidm_trajectory, whose trajectory states are drawn through both)")
+                             "(default: the run of the expert's own method)")
     return parser.parse_args(argv)
 
 
-def low_noise_loss(loss, t_max: int):
-    """The trainer's loss: ``loss`` (a :class:`~pidm_fem.diffusion.PIDMLoss`) at timesteps drawn from 0..t_max-1."""
-    import torch
-
-    def loss_fn(model, batch, generator):
-        x0 = batch["x0"]
-        t = torch.randint(0, t_max, (len(x0),), generator=generator).to(x0.device)
-        return loss(model, x0, generator=generator, t=t)
-
-    return loss_fn
-
-
 def expert_config(args, method: str):
-    """The run configuration of the expert of ``method``.
+    """The run configuration of the low-noise expert of ``method`` (``diffusion.expert_below`` = t_max).
 
-    ``pidm_trajectory``'s trajectory states are those of the benchmark's sampler in the
-    expert's range: chains of the sampler's length, stopped at t < t_max.
+    That of darcy_mesh's expert method where it has one (``pidm_trajectory``: trajectory
+    states by chains of the sampler's length), else of ``method``.
     """
-    from darcy_mesh import MODES, base_config
-    from darcy_methods import method_config
+    from darcy_mesh import base_config
+    from darcy_methods import EXPERT_OF, method_config
 
     base = base_config(args)
-    if method == "pidm_trajectory":
-        sampler_steps = MODES[args.mode]["config"]["sampling"]["ddim_steps"]
-        base["diffusion"] = {**base["diffusion"], "trajectory_steps": sampler_steps,
-                             "trajectory_t_fraction": args.t_max / base["diffusion"]["T"]}
-    return method_config(base, method)
+    base["diffusion"] = {**base["diffusion"], "expert_below": args.t_max}
+    return method_config(base, {run: expert for expert, run in EXPERT_OF.items()}.get(method, method))
 
 
 def expert_pairs(values: list[str] | None, methods: list[str]) -> list[tuple[str, str]]:
@@ -153,10 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     from sampling_trajectory import scores
 
     from pidm_fem.atomic_files import atomic_directory, write_json
-    from pidm_fem.diffusion import TimestepExperts, noised_data_estimates
-    from pidm_fem.experiments import DarcyExperiment, diffusion_loss
-    from pidm_fem.training import Trainer, load_checkpoint
-    from pidm_fem.training.checkpoint import LAST
+    from pidm_fem.diffusion import noised_data_estimates
+    from pidm_fem.experiments import DarcyExperiment
     from pidm_fem.training.trainer import LOG
     from pidm_fem.viz import plot_trajectories
 
@@ -170,20 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"low_noise_denoiser: error: --experts: {err}", file=sys.stderr)
         return 2
-    if "pidm_trajectory" in args.methods and args.expert_of is None:
-        print("low_noise_denoiser: error: --methods pidm_trajectory needs --expert-of RUN (its trajectory states are "
-              "drawn through the full-range run and the expert)", file=sys.stderr)
-        return 2
-    needed = [run for run, _ in pairs] + ([args.expert_of] if args.expert_of else [])
+    beside = {method: args.expert_of or method for method in args.methods}
+    needed = [run for run, _ in pairs] + list(beside.values())
     missing = [run for run in needed if not (out / "runs" / run / "last.pt").is_file()]
     if missing:
         print(f"low_noise_denoiser: error: no full-range run {out / 'runs' / missing[0] / 'last.pt'} "
               f"(train it with darcy_mesh.py and the same options first)", file=sys.stderr)
         return 2
-    frozen = None
-    if args.expert_of:
-        frozen = DarcyExperiment(method_config(base_config(args), args.expert_of), mesh, data_dir=out / "data",
-                                 run_dir=out / "runs" / args.expert_of).load_denoiser()[0].requires_grad_(False)
     folder = out / "low_noise"
     timesteps = list(range(args.t_max))
     results, noised, corrected, sampled = {}, None, None, {}
@@ -192,22 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         suffix = f"_of_{args.expert_of}" if args.expert_of else ""
         run_dir = folder / "runs" / f"{method}_t{args.t_max}{suffix}"
         experiment = DarcyExperiment(config, mesh, data_dir=out / "data", run_dir=run_dir)
-        normalizer = experiment.fit_normalizer()
-        loss = diffusion_loss(config.diffusion, experiment.schedule, normalizer, experiment.residual,
-                              state_misfit=experiment.state_misfit,
-                              coefficient_channels=experiment.coefficient_channels())
-
-        def trainable():
-            expert = experiment.build_model(normalizer)
-            return expert if frozen is None else TimestepExperts(expert, frozen, args.t_max)
-
-        Trainer(trainable(), low_noise_loss(loss, args.t_max),
-                {"x0": experiment.node_tensor(experiment.dataset().train)}, config, run_dir,
-                mesh_fingerprint=experiment.fingerprint,
-                state={} if loss.trajectory is None else {"trajectory": loss.trajectory}).train()
-        model = trainable()
-        model.load_state_dict(load_checkpoint(run_dir / LAST, experiment.fingerprint).ema["shadow"])
-        model = (model if frozen is None else model.low).to(torch.device(args.device)).eval()
+        high, _ = DarcyExperiment(method_config(base_config(args), beside[method]), mesh, data_dir=out / "data",
+                                  run_dir=out / "runs" / beside[method]).load_denoiser()
+        experiment.train(high)
+        pair, normalizer = experiment.load_denoiser()
+        model = pair.low
         test = experiment.node_tensor(experiment.dataset().test).to(torch.device(args.device))
         with torch.no_grad():
             estimates = noised_data_estimates(model, experiment.schedule, normalizer, test, timesteps,

@@ -360,10 +360,21 @@ def test_local_correction_keeps_exact_data_exact_and_lowers_the_residual_of_nois
 
 
 def test_low_noise_denoiser_trains_on_low_noise_and_scores_its_estimates(tmp_path):
+    mesh = str(ROOT / "meshes" / "unit_square_r0.msh")
     common = [sys.executable, str(ROOT / "benchmarks" / "low_noise_denoiser.py"), "--quick",
-              "--mesh", str(ROOT / "meshes" / "unit_square_r0.msh"), "--out", str(tmp_path), "--steps", "3"]
-    proc = subprocess.run([*common, "--t-max", "4", "--methods", "ddpm", "pidm_mean"], capture_output=True, text=True,
-                          timeout=600)
+              "--mesh", mesh, "--out", str(tmp_path), "--steps", "3"]
+    proc = subprocess.run([*common, "--t-max", "4", "--methods", "ddpm"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "low_noise_denoiser: error: no full-range run" in proc.stderr
+    proc = subprocess.run([*common, "--experts", "ddpm:pidm_mean"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "error: --experts: 'ddpm:pidm_mean' is not RUN:EXPERT" in proc.stderr
+    proc = subprocess.run([*common, "--t-max", "0"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "low_noise_denoiser: error: --t-max must lie in [1, 100]" in proc.stderr
+    # beside the folder's full-range runs; each sampled alone and with its expert, evaluated as the benchmark does
+    proc = run_benchmark("--quick", "--mesh", mesh, "--out", str(tmp_path), "--steps", "3", "--methods", "ddpm",
+                         "pidm_mean", "--train-only")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.run([*common, "--t-max", "4", "--methods", "ddpm", "pidm_mean", "--experts", "--n-samples", "3"],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = tmp_path / "low_noise" / "report"
     assert (report / "low_noise.png").stat().st_size > 0
@@ -378,24 +389,10 @@ def test_low_noise_denoiser_trains_on_low_noise_and_scores_its_estimates(tmp_pat
         entry = summary["methods"][method]
         assert list(entry["estimate"]) == times and entry["seconds_per_step"] > 0
         assert (tmp_path / "low_noise" / "runs" / f"{method}_t4" / "last.pt").is_file()
-    proc = subprocess.run([*common, "--t-max", "4", "--experts"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 2 and "low_noise_denoiser: error: no full-range run" in proc.stderr
-    proc = subprocess.run([*common, "--experts", "ddpm:pidm_mean"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 2 and "error: --experts: 'ddpm:pidm_mean' is not RUN:EXPERT" in proc.stderr
-    # with the folder's full-range runs: each alone and with the expert, evaluated as the benchmark does
-    proc = run_benchmark("--quick", "--mesh", str(ROOT / "meshes" / "unit_square_r0.msh"), "--out", str(tmp_path),
-                         "--steps", "3", "--methods", "ddpm", "--train-only")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = subprocess.run([*common, "--t-max", "4", "--methods", "ddpm", "--experts", "--n-samples", "3"],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
     experts = json.loads((report / "experts.json").read_text())
-    assert set(experts["methods"]) == {"ddpm", "ddpm+expert"} and (report / "experts.md").is_file()
+    assert set(experts["methods"]) == {"ddpm", "ddpm+expert", "pidm_mean", "pidm_mean+expert"}
+    assert (report / "experts.md").is_file()
     assert all(len(entry["residual"]["per_sample"]) == 3 for entry in experts["methods"].values())
-    proc = subprocess.run([*common, "--t-max", "0"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 2 and "low_noise_denoiser: error: --t-max must lie in [1, 100]" in proc.stderr
-    proc = subprocess.run([*common, "--methods", "pidm_trajectory"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 2 and "--methods pidm_trajectory needs --expert-of RUN" in proc.stderr
 
 
 def test_an_expert_trained_beside_its_frozen_run_leaves_that_run_unchanged(tmp_path):
@@ -415,6 +412,7 @@ def test_an_expert_trained_beside_its_frozen_run_leaves_that_run_unchanged(tmp_p
     pair = load_checkpoint(tmp_path / "low_noise" / "runs" / "pidm_trajectory_t4_of_pidm_trajectory" / "last.pt")
     frozen = {key[len("high."):]: value for key, value in pair.ema["shadow"].items() if key.startswith("high.")}
     assert frozen.keys() == full.keys() and all(torch.equal(frozen[key], full[key]) for key in full)
-    assert pair.config["diffusion"]["trajectory_every"] > 0 and pair.config["diffusion"]["trajectory_steps"] == 50
+    diffusion = pair.config["diffusion"]
+    assert diffusion["trajectory_every"] > 0 and diffusion["trajectory_steps"] == 50 and diffusion["expert_below"] == 4
     experts = json.loads((tmp_path / "low_noise" / "report" / "experts.json").read_text())
     assert set(experts["methods"]) == {"pidm_trajectory", "pidm_trajectory+expert"}
