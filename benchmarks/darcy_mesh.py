@@ -165,6 +165,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mesh", type=Path, default=None, help="mesh file (default: the mode's shipped mesh)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: outputs/darcy_mesh_<mode>)")
     add_model_arguments(parser)
+    parser.add_argument("--expert-steps", type=int, default=None,
+                        help="training steps of the low-noise experts (default: those of the other methods)")
     parser.add_argument("--n-samples", type=int, default=None, help="override the number of generated samples")
     parser.add_argument("--no-sample-estimation", action="store_true", help="skip PIDM with 'sample' estimation")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=None,
@@ -253,6 +255,8 @@ def base_config(args: argparse.Namespace) -> dict:
 
     ``args`` holds ``mode``, ``device`` and ``steps`` and any of the :data:`OVERRIDES` options
     (another tool's parser may define a subset of them; a missing or None one keeps the mode's value).
+    ``--expert-steps`` adds the training keys of the low-noise experts as the extra section
+    ``darcy_methods.EXPERT_TRAINING``, which ``darcy_methods.method_config`` applies to them.
     """
     config = {section: dict(values) for section, values in MODES[args.mode]["config"].items()}
     config["training"]["device"] = args.device
@@ -262,6 +266,11 @@ def base_config(args: argparse.Namespace) -> dict:
     if args.steps is not None:
         config["training"]["steps"] = args.steps
         config["training"]["ema_start"] = min(config["training"]["ema_start"], args.steps // 2)
+    if getattr(args, "expert_steps", None) is not None:
+        from darcy_methods import EXPERT_TRAINING
+
+        config[EXPERT_TRAINING] = {"steps": args.expert_steps,
+                                   "ema_start": min(config["training"]["ema_start"], args.expert_steps // 2)}
     return config
 
 

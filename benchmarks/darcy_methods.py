@@ -46,6 +46,8 @@ TRAINED = {
     "physics_guided": {"method": "physics_guided"},
     "pidm_trajectory": {"method": "pidm", "x0_estimation": "mean"},
 }
+#: the extra section of darcy_mesh's base configuration with the experts' training keys
+EXPERT_TRAINING = "expert_training"
 #: first timestep of the full-range model under a low-noise expert (docs/darcy_studies.md, "A low-noise expert":
 #: at the quick scale t < 10 did as well as t < 20 and better than t < 30)
 EXPERT_BELOW = 10
@@ -76,9 +78,14 @@ def method_config(base: dict, method: str):
     The method's :data:`TRAINED` keys override ``base``; its :data:`DEFAULTS` fill the
     diffusion keys that ``base`` leaves unset (so a command-line option still wins). The
     trajectory states of an expert (:data:`EXPERT_OF`) are drawn, unless ``base`` says
-    otherwise, by chains of the sampler's length (its DDIM steps, or T for DDPM).
+    otherwise, by chains of the sampler's length (its DDIM steps, or T for DDPM), and
+    its training keys are updated from ``base``'s extra section ``expert_training``
+    (darcy_mesh's ``--expert-steps``), which the other methods ignore.
     """
     sections = copy.deepcopy(base)
+    expert_training = sections.pop(EXPERT_TRAINING, {})
+    if method in EXPERT_OF:
+        sections["training"] = {**sections.get("training", {}), **expert_training}
     defaults = dict(DEFAULTS.get(method, {}))
     if method in EXPERT_OF and "trajectory_steps" in defaults:
         sampling = config_from_dict({"sampling": sections.get("sampling", {})}).sampling

@@ -135,6 +135,10 @@ def test_each_expert_trains_its_models_loss_below_the_split_with_the_samplers_ch
         assert trajectory.trajectory_every > 0 and trajectory.trajectory_steps == chain
     explicit = method_config(base_config(parse_args(["--trajectory-steps", "7"])), "pidm_trajectory_expert")
     assert explicit.diffusion.trajectory_steps == 7
+    shorter = base_config(parse_args(["--steps", "800", "--expert-steps", "300"]))
+    assert [method_config(shorter, m).training.steps for m in ("ddpm", "ddpm_expert", "pidm_trajectory_expert")] == [
+        800, 300, 300]
+    assert method_config(shorter, "ddpm_expert").training.ema_start == 150
 
 
 def test_an_expert_without_its_model_is_a_one_line_error(tmp_path):
