@@ -144,7 +144,11 @@ class ModelConfig(_Section):
 
 @dataclass(frozen=True)
 class DiffusionConfig(_Section):
-    """The diffusion process and the loss: method, weights and the x0 estimate of the residual."""
+    """The diffusion process and the loss: method, weights and the x0 estimate of the residual.
+
+    ``expert_below`` > 0 makes the run a low-noise expert: trained on the steps
+    ``t < expert_below`` only, beside a frozen full-range denoiser, and sampled with it.
+    """
 
     name: ClassVar[str] = "diffusion"
     T: int = _key(100, _at_least(1))
