@@ -264,14 +264,17 @@ def base_config(args: argparse.Namespace) -> dict:
         if getattr(args, option, None) is not None:
             config[section][key] = getattr(args, option)
     if args.steps is not None:
-        config["training"]["steps"] = args.steps
-        config["training"]["ema_start"] = min(config["training"]["ema_start"], args.steps // 2)
+        config["training"].update(training_length(config["training"], args.steps))
     if getattr(args, "expert_steps", None) is not None:
         from darcy_methods import EXPERT_TRAINING
 
-        config[EXPERT_TRAINING] = {"steps": args.expert_steps,
-                                   "ema_start": min(config["training"]["ema_start"], args.expert_steps // 2)}
+        config[EXPERT_TRAINING] = training_length(config["training"], args.expert_steps)
     return config
+
+
+def training_length(training: dict, steps: int) -> dict:
+    """The training keys of a run of ``steps`` steps: ``steps``, and EMA from at most half-way."""
+    return {"steps": steps, "ema_start": min(training["ema_start"], steps // 2)}
 
 
 def selected_methods(args: argparse.Namespace) -> list[str]:
