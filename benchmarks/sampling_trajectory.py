@@ -1,6 +1,7 @@
 """Where a sample's residual comes from: the denoiser's estimates along its sampling trajectory.
 
-For each trained run of a darcy_mesh output folder (ddpm and the PIDM runs), at
+For each trained run of a darcy_mesh output folder (ddpm, the PIDM runs and the
+low-noise experts, which sample as their pair of denoisers), at
 every --every-th step of the run's own sampler (the benchmark's samples, seed 1):
 
 * the clean estimate x0_hat along the sampling trajectory,
@@ -29,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 #: trained methods whose denoiser takes no condition channels (physics-guided needs its guidance)
-UNCONDITIONED = ("ddpm", "pidm_mean", "pidm_sample", "pidm_trajectory")
+UNCONDITIONED = ("ddpm", "pidm_mean", "pidm_sample", "pidm_trajectory", "ddpm_expert", "pidm_trajectory_expert")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

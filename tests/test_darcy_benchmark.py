@@ -65,7 +65,8 @@ def test_smoke_run_writes_every_output(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "trajectory" / "trajectory.png").stat().st_size > 0
     traced = json.loads((out / "trajectory" / "trajectory.json").read_text())
-    assert set(traced["methods"]) == {"ddpm", "pidm_mean", "pidm_sample", "pidm_trajectory"}
+    assert set(traced["methods"]) == {"ddpm", "pidm_mean", "pidm_sample", "pidm_trajectory", "ddpm_expert",
+                                      "pidm_trajectory_expert"}
     for method, curves in traced["methods"].items():
         times = list(curves["sampling_estimate"])
         assert times == list(curves["noised_data_estimate"]) == list(curves["noised_data"]) and len(times) >= 3
@@ -83,7 +84,7 @@ def test_sampling_trajectory_without_runs_is_a_one_line_error(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"sampling_trajectory: error: {tmp_path / 'runs'}: no trained run of ddpm, pidm_mean, pidm_sample, "
-        "pidm_trajectory"]
+        "pidm_trajectory, ddpm_expert, pidm_trajectory_expert"]
 
 
 def test_every_override_option_reaches_its_configuration_key():
