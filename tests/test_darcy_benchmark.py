@@ -87,6 +87,14 @@ def test_sampling_trajectory_without_runs_is_a_one_line_error(tmp_path):
         "pidm_trajectory, ddpm_expert, pidm_trajectory_expert"]
 
 
+def test_sampling_trajectory_traces_every_trained_method_without_condition_channels():
+    # its list stays literal (importing darcy_methods loads Firedrake before PETSC_OPTIONS is set)
+    from darcy_methods import TRAINED
+    from sampling_trajectory import UNCONDITIONED
+
+    assert UNCONDITIONED == tuple(m for m, switches in TRAINED.items() if switches["method"] != "physics_guided")
+
+
 def test_every_override_option_reaches_its_configuration_key():
     from darcy_mesh import OVERRIDES, base_config, parse_args
 
