@@ -84,7 +84,8 @@ MODES = {
 #: the number of steps after sampling is the mode's "cocogen_after"
 COCOGEN = {"cocogen_during": 5, "cocogen_step": 1e-3, "cocogen_line_search": True, "cocogen_gradient": "state"}
 METHODS = ("ddpm", "pidm_mean", "pidm_sample", "physics_guided", "pidm_trajectory", "ddpm_expert",
-           "pidm_trajectory_expert", "cocogen", "pidm_cocogen", "pidm_trajectory_cocogen")
+           "pidm_trajectory_expert", "cocogen", "pidm_cocogen", "pidm_trajectory_cocogen",
+           "pidm_trajectory_expert_ddpm_k")
 #: methods of --quick unless --methods says otherwise: the trajectory-state PIDM's training (2.6x DDPM's
 #: step) and the experts' (a second network per model) would take `make demo` past its 10 minutes
 QUICK_METHODS = tuple(m for m in METHODS if not (m.startswith("pidm_trajectory") or m.endswith("_expert")))
@@ -172,7 +173,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=None,
                         help="methods to compare (default: all, without the pidm_trajectory and expert ones in "
                              "--quick; cocogen and ddpm_expert need ddpm, pidm_cocogen pidm_mean, "
-                             "pidm_trajectory_cocogen and pidm_trajectory_expert pidm_trajectory)")
+                             "pidm_trajectory_cocogen and pidm_trajectory_expert pidm_trajectory, "
+                             "pidm_trajectory_expert_ddpm_k pidm_trajectory_expert and ddpm)")
     parser.add_argument("--c-residual", type=float, default=None, help="override the residual weight of PIDM")
     parser.add_argument("--output-modes", type=int, default=None,
                         help="confine each field of the clean estimate to the training data's leading principal "
@@ -372,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     # Firedrake hands sys.argv to PETSc: do not report this script's own options as unused PETSc options.
     os.environ.setdefault("PETSC_OPTIONS", "-options_left no")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from darcy_methods import CORRECTED, EXPERT_OF, TRAINED, train_all, train_and_sample, train_in_parallel
+    from darcy_methods import TRAINED, needed_methods, train_all, train_and_sample, train_in_parallel
     from pidm_fem.atomic_files import atomic_directory, write_json
     from pidm_fem.evaluation import markdown_table
     from pidm_fem.mesh import MeshError, load_mesh
@@ -388,10 +390,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"darcy_mesh: error: {err}", file=sys.stderr)
         return 2
     methods = selected_methods(args)
-    for method, trained in {**CORRECTED, **EXPERT_OF}.items():
-        if method in methods and trained not in methods:
-            print(f"darcy_mesh: error: --methods: {method} samples the {trained} model, so it needs {trained}",
-                  file=sys.stderr)
+    for method in methods:
+        missing = [needed for needed in needed_methods(method) if needed not in methods]
+        if missing:
+            print(f"darcy_mesh: error: --methods: {method} samples the {' and '.join(missing)} model"
+                  f"{'s' if len(missing) > 1 else ''}, so it needs {' and '.join(missing)}", file=sys.stderr)
             return 2
     jobs = len(os.sched_getaffinity(0)) if args.jobs is None else args.jobs
     if jobs < 1:

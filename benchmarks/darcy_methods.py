@@ -17,7 +17,10 @@ only in the switches of the diffusion configuration:
   states the sampler visits below the split;
 * ``cocogen``: the DDPM model, sampled with residual corrections;
 * ``pidm_cocogen``: the PIDM-mean model, sampled with the same corrections;
-* ``pidm_trajectory_cocogen``: the PIDM-trajectory model, sampled with the same corrections.
+* ``pidm_trajectory_cocogen``: the PIDM-trajectory model, sampled with the same corrections;
+* ``pidm_trajectory_expert_ddpm_k``: the ``pidm_trajectory_expert`` pair whose coefficient (K)
+  estimate is DDPM's at every step (:data:`COMPOSED`): the pressure of the physics-informed
+  models, the coefficient of the model trained on the data alone.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from pidm_fem.diffusion import ChannelExperts, FieldNormalizer
 from pidm_fem.experiments import DarcyExperiment
 from pidm_fem.training import CheckpointError, config_from_dict, load_checkpoint
 from pidm_fem.training.checkpoint import LAST
@@ -63,6 +68,10 @@ DEFAULTS = {"pidm_trajectory": TRAJECTORY_DEFAULTS, "ddpm_expert": {"expert_belo
             "pidm_trajectory_expert": {**TRAJECTORY_DEFAULTS, "expert_below": EXPERT_BELOW}}
 #: sampled-only methods: the trained method whose model they sample with CoCoGen corrections
 CORRECTED = {"cocogen": "ddpm", "pidm_cocogen": "pidm_mean", "pidm_trajectory_cocogen": "pidm_trajectory"}
+#: sampled-only methods composed of two trained methods' models: the one sampled, and the one whose
+#: coefficient (K) estimate replaces the first's at every step (:class:`~pidm_fem.diffusion.ChannelExperts`;
+#: docs/darcy_studies.md, "The coefficient of the data model")
+COMPOSED = {"pidm_trajectory_expert_ddpm_k": ("pidm_trajectory_expert", "ddpm")}
 #: prctl option of Linux: the signal a process receives when its parent dies
 PR_SET_PDEATHSIG = 1
 #: relative cost of a training step (quick mode, one core each: 80, 88, 168 and 88 s for 350 steps;
@@ -93,6 +102,22 @@ def method_config(base: dict, method: str):
         defaults["trajectory_steps"] = sampling.ddim_steps if sampling.sampler == "ddim" else T
     sections["diffusion"] = {**defaults, **sections.get("diffusion", {}), **TRAINED[method]}
     return config_from_dict(sections, source=f"<{method}>")
+
+
+def needed_methods(method: str) -> tuple[str, ...]:
+    """The trained methods whose models ``method`` samples or trains beside (none for a trained method)."""
+    if method in CORRECTED:
+        return (CORRECTED[method],)
+    if method in EXPERT_OF:
+        return (EXPERT_OF[method],)
+    return COMPOSED.get(method, ())
+
+
+def require_same_units(sampled: FieldNormalizer, other: FieldNormalizer, method: str) -> None:
+    """Raise ValueError unless two models' normalisers hold the same statistics (so one state means one thing)."""
+    ours, theirs = sampled.state_dict(), other.state_dict()
+    if ours.keys() != theirs.keys() or not all(torch.equal(ours[key], theirs[key]) for key in ours):
+        raise ValueError(f"{method}: the models it composes were trained in different normalised units")
 
 
 def seconds_per_step(log: Path) -> float:
@@ -201,7 +226,9 @@ def train_and_sample(
     Returns
     -------
     runs : dict
-        ``{method: {"rows", "seconds_per_step", "sample_seconds_per_sample", "log"}}``.
+        ``{method: {"rows", "seconds_per_step", "sample_seconds_per_sample", "log"}}``; a
+        sampled-only method has its model's training cost, a composed one (:data:`COMPOSED`)
+        the sum of its two methods' costs per step.
     experiment : DarcyExperiment
         The first trained method's experiment: the shared data, problem and layout.
     """
@@ -213,12 +240,25 @@ def train_and_sample(
         corrected = DarcyExperiment(dataclasses.replace(trained.config, sampling=sampling), mesh,
                                     data_dir=out / "data", run_dir=trained.run_dir, progress=progress)
         results[method] = _sample(corrected, n_samples)
+    for method in [m for m in methods if m in COMPOSED]:
+        sampled, coefficient = (experiments[m] for m in COMPOSED[method])
+        results[method] = _sample(sampled, n_samples, wrap=_coefficient_of(coefficient, sampled, method))
+        results[method]["seconds_per_step"] = sum(results[m]["seconds_per_step"] for m in COMPOSED[method])
     return results, next(iter(experiments.values()))
 
 
-def _sample(experiment: DarcyExperiment, n_samples: int) -> dict:
+def _coefficient_of(source: DarcyExperiment, sampled: DarcyExperiment, method: str):
+    """A ``wrap`` of ``sampled.sample``: its denoiser with ``source``'s coefficient estimate."""
+    other, units = source.load_denoiser()
+    require_same_units(sampled.load_denoiser()[1], units, method)
+    if source.config.diffusion.T != sampled.config.diffusion.T:
+        raise ValueError(f"{method}: the models it composes were trained with different numbers of timesteps")
+    return lambda model: ChannelExperts(model, other, source.coefficient_channels())
+
+
+def _sample(experiment: DarcyExperiment, n_samples: int, wrap=None) -> dict:
     t0 = time.perf_counter()
-    rows = experiment.sample(n_samples, seed=1)
+    rows = experiment.sample(n_samples, seed=1, wrap=wrap)
     seconds = time.perf_counter() - t0
     log = experiment.run_dir / "log.jsonl"
     return {"rows": rows, "seconds_per_step": seconds_per_step(log), "sample_seconds_per_sample": seconds / len(rows),

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -156,6 +157,23 @@ def test_an_expert_without_its_model_is_a_one_line_error(tmp_path):
         "darcy_mesh: error: --methods: pidm_trajectory_expert samples the pidm_trajectory model, "
         "so it needs pidm_trajectory")
     assert not (tmp_path / "bench").exists()
+    proc = run_benchmark("--quick", "--methods", "pidm_trajectory", "pidm_trajectory_expert_ddpm_k",
+                         "--out", str(tmp_path / "bench"))
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "darcy_mesh: error: --methods: pidm_trajectory_expert_ddpm_k samples the pidm_trajectory_expert and ddpm "
+        "models, so it needs pidm_trajectory_expert and ddpm")
+    assert not (tmp_path / "bench").exists()
+
+
+def test_composed_models_must_share_their_normalised_units():
+    from darcy_methods import require_same_units
+
+    from pidm_fem.diffusion import FieldNormalizer
+
+    data = torch.randn(6, 2, 5, dtype=torch.float64)
+    require_same_units(FieldNormalizer.fit(data), FieldNormalizer.fit(data.clone()), "composed")
+    with pytest.raises(ValueError, match="composed: the models it composes were trained in different normalised"):
+        require_same_units(FieldNormalizer.fit(data), FieldNormalizer.fit(2.0 * data), "composed")
 
 
 def test_every_mode_configures_every_trained_method_and_its_denoiser(tmp_path):

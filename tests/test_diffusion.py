@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from pidm_fem.diffusion.estimates import noised_data_estimates
-from pidm_fem.diffusion.experts import TimestepExperts
+from pidm_fem.diffusion.experts import ChannelExperts, TimestepExperts
 from pidm_fem.diffusion.guidance import CoCoGenCorrector, PhysicsGuidedConditioning
 from pidm_fem.diffusion.input_views import LinearViewInputs, spectral_norm_estimate
 from pidm_fem.diffusion.losses import PIDMLoss
@@ -818,3 +818,19 @@ def test_timestep_experts_route_each_sample_to_one_expert():
     for split in (0, 1.5, True):
         with pytest.raises(ValueError, match="split must be a positive integer"):
             TimestepExperts(low, high, split)
+
+
+def test_channel_experts_take_the_named_channels_from_the_other_denoiser():
+    base, other = _Recorder(2.0), _Recorder(-3.0)
+    composed = ChannelExperts(base, other, (1,))
+    x, cond, t = torch.randn(4, 3, 6), torch.randn(4, 1, 6), torch.tensor([0, 5, 17, 99])
+    out = composed(x, t, cond=cond)
+    torch.testing.assert_close(out[:, [0, 2]], 2.0 * x[:, [0, 2]])
+    torch.testing.assert_close(out[:, 1], -3.0 * x[:, 1])
+    for recorder in (base, other):  # both see every sample, with its timestep and condition
+        assert torch.equal(recorder.calls[0][0], t) and torch.equal(recorder.calls[0][1], cond)
+    with pytest.raises(ValueError, match="out of range for 3 channels"):
+        ChannelExperts(base, other, (3,))(x, t)
+    for channels in ((), (1, 1), (-1,), (True,)):
+        with pytest.raises(ValueError, match="channels must be distinct non-negative integers"):
+            ChannelExperts(base, other, channels)

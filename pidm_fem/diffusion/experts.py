@@ -1,10 +1,14 @@
-"""Timestep experts: one denoiser for the low-noise steps, another for the rest.
+"""Experts: denoisers that share the work of one sampler, by timestep or by channel.
 
 An ensemble of expert denoisers (Balaji et al., eDiff-I, 2022) splits the timesteps
 between networks, so that each spends its capacity on one range of noise levels. The
 last steps of a sampler ask for the most precise estimate (at t = 1 the noise left is
 a few percent of the fields' spread), which a network that must also draw whole fields
 from pure noise does not give; a low-noise expert does.
+
+Channel experts split the fields instead: each channel of the clean estimate comes from
+the denoiser trained for it, e.g. the pressure from a physics-informed model and the
+coefficient from a standard one, both seeing the same noisy state at every step.
 """
 
 from __future__ import annotations
@@ -44,4 +48,41 @@ class TimestepExperts(nn.Module):
                     cond=None if cond is None else cond[mask],
                     scalars=None if scalars is None else scalars[mask],
                 )
+        return out
+
+
+class ChannelExperts(nn.Module):
+    """``other(x, t)``'s estimate for the channels ``channels``, ``base(x, t)``'s for the others.
+
+    Both denoisers see the whole state (and the same ``cond`` and ``scalars``) at every
+    call, so that each estimate is the one its model would give in a sampler of its own;
+    only the channels of the result are composed.
+
+    Parameters
+    ----------
+    base, other
+        x0-predicting denoisers ``model(x_t, t, cond=None, scalars=None)`` in the same
+        normalised units (the caller checks that their normalisers agree).
+    channels
+        Distinct non-negative channel indices taken from ``other``; at least one.
+    """
+
+    def __init__(self, base: nn.Module, other: nn.Module, channels: tuple[int, ...]):
+        super().__init__()
+        channels = tuple(channels)
+        if not channels or len(set(channels)) != len(channels) or any(
+            not isinstance(c, int) or isinstance(c, bool) or c < 0 for c in channels
+        ):
+            raise ValueError(f"channels must be distinct non-negative integers, at least one, got {channels!r}")
+        self.base, self.other, self.channels = base, other, channels
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None, scalars: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The composed clean estimates of x (B, C, n) at steps t (B,)."""
+        if max(self.channels) >= x.shape[1]:
+            raise ValueError(f"channels {self.channels} out of range for {x.shape[1]} channels")
+        out = self.base(x, t, cond=cond, scalars=scalars).clone()
+        index = list(self.channels)
+        out[:, index] = self.other(x, t, cond=cond, scalars=scalars)[:, index]
         return out
