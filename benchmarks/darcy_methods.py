@@ -20,7 +20,9 @@ only in the switches of the diffusion configuration:
 * ``pidm_trajectory_cocogen``: the PIDM-trajectory model, sampled with the same corrections;
 * ``pidm_trajectory_expert_ddpm_k``: the ``pidm_trajectory_expert`` pair whose coefficient (K)
   estimate is DDPM's at every step (:data:`COMPOSED`): the pressure of the physics-informed
-  models, the coefficient of the model trained on the data alone.
+  models, the coefficient of the model trained on the data alone;
+* ``pidm_trajectory_expert_ddpm_k_high``: the same with DDPM's K at the full-range model's
+  steps only (t >= :data:`EXPERT_BELOW`), the expert's own K below.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pidm_fem.diffusion import ChannelExperts, FieldNormalizer
+from pidm_fem.diffusion import ChannelExperts, FieldNormalizer, TimestepExperts
 from pidm_fem.experiments import DarcyExperiment
 from pidm_fem.training import CheckpointError, config_from_dict, load_checkpoint
 from pidm_fem.training.checkpoint import LAST
@@ -68,10 +70,11 @@ DEFAULTS = {"pidm_trajectory": TRAJECTORY_DEFAULTS, "ddpm_expert": {"expert_belo
             "pidm_trajectory_expert": {**TRAJECTORY_DEFAULTS, "expert_below": EXPERT_BELOW}}
 #: sampled-only methods: the trained method whose model they sample with CoCoGen corrections
 CORRECTED = {"cocogen": "ddpm", "pidm_cocogen": "pidm_mean", "pidm_trajectory_cocogen": "pidm_trajectory"}
-#: sampled-only methods composed of two trained methods' models: the one sampled, and the one whose
-#: coefficient (K) estimate replaces the first's at every step (:class:`~pidm_fem.diffusion.ChannelExperts`;
-#: docs/darcy_studies.md, "The coefficient of the data model")
-COMPOSED = {"pidm_trajectory_expert_ddpm_k": ("pidm_trajectory_expert", "ddpm")}
+#: sampled-only methods composed of two trained methods' models: the one sampled, the one whose
+#: coefficient (K) estimate replaces the first's (:class:`~pidm_fem.diffusion.ChannelExperts`), and the
+#: first timestep at which it does (0: every step; docs/darcy_studies.md, "The coefficient of the data model")
+COMPOSED = {"pidm_trajectory_expert_ddpm_k": ("pidm_trajectory_expert", "ddpm", 0),
+            "pidm_trajectory_expert_ddpm_k_high": ("pidm_trajectory_expert", "ddpm", EXPERT_BELOW)}
 #: prctl option of Linux: the signal a process receives when its parent dies
 PR_SET_PDEATHSIG = 1
 #: relative cost of a training step (quick mode, one core each: 80, 88, 168 and 88 s for 350 steps;
@@ -110,7 +113,7 @@ def needed_methods(method: str) -> tuple[str, ...]:
         return (CORRECTED[method],)
     if method in EXPERT_OF:
         return (EXPERT_OF[method],)
-    return COMPOSED.get(method, ())
+    return COMPOSED[method][:2] if method in COMPOSED else ()
 
 
 def require_same_units(sampled: FieldNormalizer, other: FieldNormalizer, method: str) -> None:
@@ -241,19 +244,24 @@ def train_and_sample(
                                     data_dir=out / "data", run_dir=trained.run_dir, progress=progress)
         results[method] = _sample(corrected, n_samples)
     for method in [m for m in methods if m in COMPOSED]:
-        sampled, coefficient = (experiments[m] for m in COMPOSED[method])
-        results[method] = _sample(sampled, n_samples, wrap=_coefficient_of(coefficient, sampled, method))
-        results[method]["seconds_per_step"] = sum(results[m]["seconds_per_step"] for m in COMPOSED[method])
+        *models, from_t = COMPOSED[method]
+        sampled, coefficient = (experiments[m] for m in models)
+        results[method] = _sample(sampled, n_samples, wrap=_coefficient_of(coefficient, sampled, method, from_t))
+        results[method]["seconds_per_step"] = sum(results[m]["seconds_per_step"] for m in models)
     return results, next(iter(experiments.values()))
 
 
-def _coefficient_of(source: DarcyExperiment, sampled: DarcyExperiment, method: str):
-    """A ``wrap`` of ``sampled.sample``: its denoiser with ``source``'s coefficient estimate."""
+def _coefficient_of(source: DarcyExperiment, sampled: DarcyExperiment, method: str, from_t: int):
+    """A ``wrap`` of ``sampled.sample``: its denoiser with ``source``'s coefficient estimate at t >= from_t."""
     other, units = source.load_denoiser()
     require_same_units(sampled.load_denoiser()[1], units, method)
     if source.config.diffusion.T != sampled.config.diffusion.T:
         raise ValueError(f"{method}: the models it composes were trained with different numbers of timesteps")
-    return lambda model: ChannelExperts(model, other, source.coefficient_channels())
+
+    def wrap(model):
+        composed = ChannelExperts(model, other, source.coefficient_channels())
+        return TimestepExperts(model, composed, from_t) if from_t else composed
+    return wrap
 
 
 def _sample(experiment: DarcyExperiment, n_samples: int, wrap=None) -> dict:
