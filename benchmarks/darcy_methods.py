@@ -254,11 +254,11 @@ def train_and_sample(
 def _coefficient_of(source: DarcyExperiment, sampled: DarcyExperiment, method: str, from_t: int):
     """A ``wrap`` of ``sampled.sample``: its denoiser with ``source``'s coefficient estimate at t >= from_t."""
     other, units = source.load_denoiser()
-    require_same_units(sampled.load_denoiser()[1], units, method)
     if source.config.diffusion.T != sampled.config.diffusion.T:
         raise ValueError(f"{method}: the models it composes were trained with different numbers of timesteps")
 
-    def wrap(model):
+    def wrap(model, normalizer):
+        require_same_units(normalizer, units, method)
         composed = ChannelExperts(model, other, source.coefficient_channels())
         return TimestepExperts(model, composed, from_t) if from_t else composed
     return wrap

@@ -82,7 +82,7 @@ class ChannelExperts(nn.Module):
         """The composed clean estimates of x (B, C, n) at steps t (B,)."""
         if max(self.channels) >= x.shape[1]:
             raise ValueError(f"channels {self.channels} out of range for {x.shape[1]} channels")
-        out = self.base(x, t, cond=cond, scalars=scalars).clone()
-        index = list(self.channels)
-        out[:, index] = self.other(x, t, cond=cond, scalars=scalars)[:, index]
-        return out
+        from_other = torch.zeros(x.shape[1], 1, dtype=torch.bool, device=x.device)
+        from_other[list(self.channels)] = True
+        return torch.where(from_other, self.other(x, t, cond=cond, scalars=scalars),
+                           self.base(x, t, cond=cond, scalars=scalars))

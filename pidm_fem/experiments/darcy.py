@@ -565,7 +565,7 @@ class DarcyExperiment:
         seed: int = 0,
         checkpoint: str | os.PathLike | None = None,
         on_step: Callable[[int, torch.Tensor], None] | None = None,
-        wrap: Callable[[nn.Module], nn.Module] | None = None,
+        wrap: Callable[[nn.Module, FieldNormalizer], nn.Module] | None = None,
     ) -> np.ndarray:
         """Draw physical rows ``[p, K]`` from a checkpoint's EMA weights, per ``config.sampling``.
 
@@ -587,9 +587,10 @@ class DarcyExperiment:
             Passed to :func:`~pidm_fem.diffusion.sample`: called with each step's
             timestep and clean estimate (physical, one batch at a time).
         wrap
-            Sample from ``wrap(denoiser)`` instead of the checkpoint's denoiser (e.g. a
-            :class:`~pidm_fem.diffusion.TimestepExperts` around it), in the checkpoint's
-            normalised units.
+            Sample from ``wrap(denoiser, normalizer)`` instead of the checkpoint's denoiser
+            (e.g. a :class:`~pidm_fem.diffusion.TimestepExperts` around it), in the
+            checkpoint's normalised units, which ``normalizer`` holds (so that a wrap
+            composing another model can check that it shares them).
 
         Returns
         -------
@@ -608,7 +609,7 @@ class DarcyExperiment:
             raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
         model, normalizer = self.load_denoiser(checkpoint)
         if wrap is not None:
-            model = wrap(model)
+            model = wrap(model, normalizer)
         device = torch.device(self.config.training.device)
 
         corrector = guidance = None
