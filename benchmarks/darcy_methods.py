@@ -22,7 +22,10 @@ only in the switches of the diffusion configuration:
   estimate is DDPM's at every step (:data:`COMPOSED`): the pressure of the physics-informed
   models, the coefficient of the model trained on the data alone;
 * ``pidm_trajectory_expert_ddpm_k_high``: the same with DDPM's K at the full-range model's
-  steps only (t >= :data:`EXPERT_BELOW`), the expert's own K below.
+  steps only (t >= :data:`EXPERT_BELOW`), the expert's own K below;
+* ``pidm_trajectory_expert_on_ddpm_k``: a low-noise expert of PIDM-trajectory trained and
+  sampled inside that composition (``diffusion.frozen_coefficient``, DDPM's model frozen:
+  :data:`COEFFICIENT_OF`), so that its trajectory states and its physics terms meet DDPM's K.
 """
 
 from __future__ import annotations
@@ -59,8 +62,13 @@ EXPERT_TRAINING = "expert_training"
 #: at the quick scale t < 10 did as well as t < 20 and better than t < 30)
 EXPERT_BELOW = 10
 #: low-noise experts: the full-range method each trains beside (frozen) and is sampled with
-EXPERT_OF = {"ddpm_expert": "ddpm", "pidm_trajectory_expert": "pidm_trajectory"}
+EXPERT_OF = {"ddpm_expert": "ddpm", "pidm_trajectory_expert": "pidm_trajectory",
+             "pidm_trajectory_expert_on_ddpm_k": "pidm_trajectory"}
+#: trained methods whose coefficient (K) estimate is, in training and sampling, that of another trained
+#: method's model, frozen (``diffusion.frozen_coefficient``); they train after every other method
+COEFFICIENT_OF = {"pidm_trajectory_expert_on_ddpm_k": "ddpm"}
 TRAINED.update({expert: TRAINED[run] for expert, run in EXPERT_OF.items()})
+TRAINED.update({m: {**TRAINED[m], "frozen_coefficient": True} for m in COEFFICIENT_OF})
 #: diffusion keys of ``pidm_trajectory`` where the run's configuration leaves them unset (the options of the
 #: README's "Trajectory states in the default mode": chains of 10 DDIM steps drawn every 25 training steps,
 #: states at t < T / 2, state misfit of weight 1)
@@ -68,6 +76,7 @@ TRAJECTORY_DEFAULTS = {"trajectory_every": 25, "trajectory_steps": 10, "trajecto
 #: per trained method, the diffusion keys it sets where the run's configuration leaves them unset
 DEFAULTS = {"pidm_trajectory": TRAJECTORY_DEFAULTS, "ddpm_expert": {"expert_below": EXPERT_BELOW},
             "pidm_trajectory_expert": {**TRAJECTORY_DEFAULTS, "expert_below": EXPERT_BELOW}}
+DEFAULTS["pidm_trajectory_expert_on_ddpm_k"] = DEFAULTS["pidm_trajectory_expert"]
 #: sampled-only methods: the trained method whose model they sample with CoCoGen corrections
 CORRECTED = {"cocogen": "ddpm", "pidm_cocogen": "pidm_mean", "pidm_trajectory_cocogen": "pidm_trajectory"}
 #: sampled-only methods composed of two trained methods' models: the one sampled, the one whose
@@ -81,7 +90,7 @@ PR_SET_PDEATHSIG = 1
 #: pidm_trajectory: default mode, 1.56 against DDPM's 0.61 s per step side by side; with the fused
 #: slice attention, default mode: 1, 1.03, 2.1, 1.04 and 2.8, which groups the methods the same way)
 STEP_COST = {"ddpm": 1.0, "pidm_mean": 1.1, "pidm_sample": 2.1, "physics_guided": 1.1, "pidm_trajectory": 2.6,
-             "ddpm_expert": 1.0, "pidm_trajectory_expert": 1.5}
+             "ddpm_expert": 1.0, "pidm_trajectory_expert": 1.5, "pidm_trajectory_expert_on_ddpm_k": 2.0}
 
 
 def method_config(base: dict, method: str):
@@ -112,7 +121,7 @@ def needed_methods(method: str) -> tuple[str, ...]:
     if method in CORRECTED:
         return (CORRECTED[method],)
     if method in EXPERT_OF:
-        return (EXPERT_OF[method],)
+        return (EXPERT_OF[method],) + ((COEFFICIENT_OF[method],) if method in COEFFICIENT_OF else ())
     return COMPOSED[method][:2] if method in COMPOSED else ()
 
 
@@ -134,7 +143,8 @@ def train_all(base: dict, methods: list[str], mesh, out: Path, workers: int, pro
     """Train each trained method of ``methods`` (resuming finished or partial runs in ``out/runs``).
 
     Each low-noise expert (:data:`EXPERT_OF`) trains after the full-range methods, from
-    its method's run in ``out/runs``.
+    its method's run in ``out/runs``, and with the frozen coefficient model of
+    :data:`COEFFICIENT_OF` where it has one (whose units must be its own).
 
     Returns
     -------
@@ -146,14 +156,20 @@ def train_all(base: dict, methods: list[str], mesh, out: Path, workers: int, pro
     for method in [m for m in trained if m not in EXPERT_OF] + [m for m in trained if m in EXPERT_OF]:
         experiment = DarcyExperiment(method_config(base, method), mesh, data_dir=out / "data",
                                      run_dir=out / "runs" / method, workers=workers, progress=progress)
-        high = None
-        if method in EXPERT_OF:
-            run = EXPERT_OF[method]
-            high, _ = DarcyExperiment(method_config(base, run), mesh, data_dir=out / "data",
-                                      run_dir=out / "runs" / run, progress=progress).load_denoiser()
-        experiment.train(high)
+        high, _ = _trained(base, EXPERT_OF[method], mesh, out, progress) if method in EXPERT_OF else (None, None)
+        coefficient = None
+        if method in COEFFICIENT_OF:
+            coefficient, units = _trained(base, COEFFICIENT_OF[method], mesh, out, progress)
+            require_same_units(experiment.fit_normalizer(), units, method)
+        experiment.train(high, coefficient)
         experiments[method] = experiment
     return dict(sorted(experiments.items(), key=lambda item: trained.index(item[0])))
+
+
+def _trained(base: dict, method: str, mesh, out: Path, progress: bool):
+    """The EMA denoiser and normaliser of ``method``'s finished run in ``out/runs``."""
+    return DarcyExperiment(method_config(base, method), mesh, data_dir=out / "data", run_dir=out / "runs" / method,
+                           progress=progress).load_denoiser()
 
 
 def balanced_groups(methods: list[str], jobs: int) -> list[list[str]]:
@@ -197,9 +213,11 @@ def train_in_parallel(base: dict, methods: list[str], mesh, out: Path, workers: 
     The dataset is generated first, here, so that the processes share one file; each
     process trains its group (:func:`balanced_groups`) as :func:`train_all` would, so
     the runs are those of a sequential run, and a later :func:`train_all` resumes them.
+    The methods of :data:`COEFFICIENT_OF` are left to that :func:`train_all`: they need
+    a model of another group.
     A failure in any process is raised here; stopping this process stops them all.
     """
-    unfinished = [m for m in methods if m in TRAINED
+    unfinished = [m for m in methods if m in TRAINED and m not in COEFFICIENT_OF
                   and not _finished(out / "runs" / m / LAST, method_config(base, m).training.steps)]
     groups = balanced_groups(unfinished, jobs)
     if len(groups) < 2:

@@ -1,5 +1,6 @@
 """Smoke run of the main job (benchmarks/darcy_mesh.py): every output, every metric, every method."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -163,6 +164,26 @@ def test_an_expert_without_its_model_is_a_one_line_error(tmp_path):
         "darcy_mesh: error: --methods: pidm_trajectory_expert_ddpm_k samples the pidm_trajectory_expert and ddpm "
         "models, so it needs pidm_trajectory_expert and ddpm")
     assert not (tmp_path / "bench").exists()
+    proc = run_benchmark("--quick", "--methods", "pidm_trajectory", "pidm_trajectory_expert_on_ddpm_k",
+                         "--out", str(tmp_path / "bench"))
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "darcy_mesh: error: --methods: pidm_trajectory_expert_on_ddpm_k samples the ddpm model, so it needs ddpm")
+    assert not (tmp_path / "bench").exists()
+
+
+def test_an_expert_on_another_models_coefficient_freezes_it_and_trains_after_the_parallel_runs(tmp_path):
+    from darcy_mesh import base_config, parse_args
+    from darcy_methods import COEFFICIENT_OF, TRAINED, method_config, needed_methods, train_in_parallel
+
+    base = base_config(parse_args([]))
+    assert {m for m in TRAINED if method_config(base, m).diffusion.frozen_coefficient} == set(COEFFICIENT_OF)
+    ours, theirs = (method_config(base, m).diffusion for m in ("pidm_trajectory_expert_on_ddpm_k",
+                                                               "pidm_trajectory_expert"))
+    assert ours == dataclasses.replace(theirs, frozen_coefficient=True)
+    assert needed_methods("pidm_trajectory_expert_on_ddpm_k") == ("pidm_trajectory", "ddpm")
+    # left to the sequential train_all, which runs after every other method has finished: no process is started
+    train_in_parallel(base, ["ddpm", *COEFFICIENT_OF], ROOT / "meshes" / "unit_square_r0.msh", tmp_path, 1, 2, False)
+    assert not any(tmp_path.iterdir())
 
 
 def test_composed_models_must_share_their_normalised_units():

@@ -517,3 +517,50 @@ def test_a_low_noise_expert_trains_below_its_split_beside_the_frozen_model_and_s
     with pytest.raises(ConfigError, match="cannot be physics_guided"):
         diffusion_loss(dataclasses.replace(config.diffusion, method="physics_guided"), expert.schedule,
                        expert.fit_normalizer(), expert.residual)
+
+
+def test_a_frozen_coefficient_run_trains_its_pressure_on_another_models_coefficient(data_dir, tmp_path):
+    """diffusion.frozen_coefficient: K's estimate is the frozen model's at every step; the run learns p only."""
+    from pidm_fem.diffusion import ChannelExperts, TimestepExperts
+
+    trajectory = {"c_state": 1.0, "trajectory_every": 2, "trajectory_steps": 4, "trajectory_t_fraction": 0.5}
+    runs = {}
+    for name, diffusion in (("full", trajectory), ("ddpm", {"method": "ddpm"})):
+        config = small_config(model={"width": 8}, diffusion=diffusion, training={"steps": 4, "batch_size": 2})
+        runs[name] = DarcyExperiment(config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path / name, progress=False)
+        runs[name].train()
+    high, _ = runs["full"].load_denoiser()
+    coefficient, _ = runs["ddpm"].load_denoiser()
+
+    config = small_config(model={"width": 8}, diffusion={**trajectory, "expert_below": 5, "frozen_coefficient": True},
+                          training={"steps": 4, "batch_size": 2})
+    expert = DarcyExperiment(config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path / "expert", progress=False)
+    with pytest.raises(ConfigError, match="frozen_coefficient: the run .* starts from the denoiser of its coefficient"):
+        expert.trainer(high)
+    with pytest.raises(ConfigError, match="takes no coefficient model"):
+        runs["full"].trainer(coefficient=coefficient)
+    fresh = expert.build_model()
+    summary = expert.train(high, coefficient)
+    assert summary.components["state"] > 0  # the composed chains' states reach the loss
+
+    model, _ = expert.load_denoiser()
+    assert isinstance(model, ChannelExperts) and isinstance(model.base, TimestepExperts)
+    assert model.channels == expert.coefficient_channels() == (1,)
+    for frozen, source in ((model.other, coefficient), (model.base.high, high)):
+        for key, value in source.state_dict().items():
+            assert torch.equal(frozen.state_dict()[key], value), key
+    assert all(not p.requires_grad for p in (*fresh.other.parameters(), *fresh.base.high.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(model.base.low.parameters(), fresh.base.low.parameters()))
+    # every step's estimate: K from the frozen model, p from the trained pair
+    x, t = torch.randn(3, 2, expert.fields.n_nodes), torch.tensor([1, 4, 12])
+    with torch.no_grad():
+        composed, pair, other = model(x, t), model.base(x, t), coefficient(x, t)
+    torch.testing.assert_close(composed[:, 1], other[:, 1], rtol=0, atol=0)
+    torch.testing.assert_close(composed[:, 0], pair[:, 0], rtol=0, atol=0)
+    assert not torch.allclose(composed[:, 0], other[:, 0])
+    rows = expert.sample(2, seed=1)
+    assert rows.shape == (2, 2 * expert.fields.n_nodes) and np.all(np.isfinite(rows))
+
+    guided = small_config(model={"width": 8}, diffusion={"method": "physics_guided", "frozen_coefficient": True})
+    with pytest.raises(ConfigError, match="frozen_coefficient: a physics-guided model's condition channels"):
+        DarcyExperiment(guided, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path / "guided", progress=False).build_model()

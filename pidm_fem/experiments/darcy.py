@@ -52,6 +52,7 @@ from pidm_fem.diffusion import (
     PhysicsGuidedConditioning,
     PIDMLoss,
     Residual,
+    ChannelExperts,
     SubspaceDenoiser,
     TimestepExperts,
     TrajectoryStates,
@@ -185,6 +186,21 @@ def diffusion_loss(
         trajectory=trajectory,
         max_t=expert_below,
     )
+
+
+def _copy_frozen(frozen: nn.Module | None, source: nn.Module | None, resumed: bool, unused: str, missing: str) -> None:
+    """Copy ``source``'s weights into a model's frozen part ``frozen`` (None: the model has none).
+
+    Raises ConfigError ``unused`` if a source is given for no frozen part, ``missing`` if
+    none is given for a frozen part of a run that does not resume from a checkpoint.
+    """
+    if frozen is None:
+        if source is not None:
+            raise ConfigError(unused)
+    elif source is not None:
+        frozen.load_state_dict(source.state_dict())
+    elif not resumed:
+        raise ConfigError(missing)
 
 
 def _max_t(fraction: float, T: int) -> int:
@@ -422,13 +438,30 @@ class DarcyExperiment:
         :class:`~pidm_fem.diffusion.TimestepExperts` pair of two such denoisers: the
         trained low-noise expert for ``t < expert_below`` and, with its parameters frozen,
         the full-range denoiser it is sampled beside (its weights come from
-        :meth:`trainer`'s ``high`` or a checkpoint). The global torch RNG is left as it was.
+        :meth:`trainer`'s ``high`` or a checkpoint). With ``diffusion.frozen_coefficient``
+        the model is a :class:`~pidm_fem.diffusion.ChannelExperts` whose coefficient (K)
+        estimate comes from one more such denoiser, frozen (its weights from
+        :meth:`trainer`'s ``coefficient`` or a checkpoint). The global torch RNG is left as it was.
+
+        Raises
+        ------
+        ConfigError
+            If ``diffusion.frozen_coefficient`` is set for a physics-guided model, whose
+            condition channels a model of another run would not read.
         """
-        split = self.config.diffusion.expert_below
-        if not split:
-            return self._build_denoiser(normalizer)
-        return TimestepExperts(self._build_denoiser(normalizer), self._build_denoiser(normalizer).requires_grad_(False),
-                               split)
+        diffusion = self.config.diffusion
+        split = diffusion.expert_below
+        model = self._build_denoiser(normalizer)
+        if split:
+            model = TimestepExperts(model, self._frozen_denoiser(normalizer), split)
+        if not diffusion.frozen_coefficient:
+            return model
+        if diffusion.method == "physics_guided":
+            raise ConfigError("diffusion.frozen_coefficient: a physics-guided model's condition channels are its own")
+        return ChannelExperts(model, self._frozen_denoiser(normalizer), self.coefficient_channels())
+
+    def _frozen_denoiser(self, normalizer: FieldNormalizer | None) -> nn.Module:
+        return self._build_denoiser(normalizer).requires_grad_(False)
 
     def _build_denoiser(self, normalizer: FieldNormalizer | None) -> nn.Module:
         n_fields = self.fields.n_channels
@@ -463,7 +496,7 @@ class DarcyExperiment:
         subspaces = [principal_subspace(train[:, channel], weights, modes) for channel in range(train.shape[1])]
         return FieldSubspaces(subspaces, weights)
 
-    def trainer(self, high: nn.Module | None = None) -> Trainer:
+    def trainer(self, high: nn.Module | None = None, coefficient: nn.Module | None = None) -> Trainer:
         """A :class:`~pidm_fem.training.Trainer` on the training split, resuming from the run folder.
 
         Its loss draws t, the noise and the condition dropout from the trainer's
@@ -476,12 +509,16 @@ class DarcyExperiment:
             :meth:`load_denoiser`) beside which a low-noise expert run
             (``diffusion.expert_below`` > 0) trains; its weights are copied into the pair,
             frozen. Needed to start such a run; a resumed one has them in its checkpoint.
+        coefficient
+            The denoiser (same units) whose coefficient estimate a run with
+            ``diffusion.frozen_coefficient`` trains and samples with; copied, frozen, and
+            needed likewise to start such a run.
 
         Raises
         ------
         ConfigError
-            If ``high`` is given to a run that is not an expert, or missing for an expert
-            run with no checkpoint to resume from.
+            If ``high`` or ``coefficient`` is given to a run that has no use for it, or
+            missing for a run with no checkpoint to resume from.
         """
         splits = self.dataset()
         normalizer = self.fit_normalizer()
@@ -504,14 +541,16 @@ class DarcyExperiment:
             return loss(model, batch["x0"], generator=generator)
 
         model = self.build_model(normalizer)
-        if not diffusion.expert_below:
-            if high is not None:
-                raise ConfigError("a full-range run (diffusion.expert_below: 0) trains no expert beside a frozen model")
-        elif high is not None:
-            model.high.load_state_dict(high.state_dict())
-        elif not (self.run_dir / LAST).is_file():
-            raise ConfigError(f"diffusion.expert_below: the expert run {self.run_dir} starts from a full-range "
-                              f"denoiser, and none was given")
+        pair = model.base if diffusion.frozen_coefficient else model
+        resumed = (self.run_dir / LAST).is_file()
+        _copy_frozen(pair.high if diffusion.expert_below else None, high, resumed,
+                     "a full-range run (diffusion.expert_below: 0) trains no expert beside a frozen model",
+                     f"diffusion.expert_below: the expert run {self.run_dir} starts from a full-range denoiser, "
+                     f"and none was given")
+        _copy_frozen(model.other if diffusion.frozen_coefficient else None, coefficient, resumed,
+                     "a run without diffusion.frozen_coefficient takes no coefficient model",
+                     f"diffusion.frozen_coefficient: the run {self.run_dir} starts from the denoiser of its "
+                     f"coefficient, and none was given")
         val_data = {"x0": self.node_tensor(splits.val)} if len(splits.val) else None
         return Trainer(
             model,
@@ -526,12 +565,13 @@ class DarcyExperiment:
             progress=self.progress,
         )
 
-    def train(self, high: nn.Module | None = None) -> TrainingSummary:
+    def train(self, high: nn.Module | None = None, coefficient: nn.Module | None = None) -> TrainingSummary:
         """Train (or resume training) up to ``training.steps``; the last checkpoint is ``run_dir/last.pt``.
 
-        ``high``: the full-range denoiser of a low-noise expert run (:meth:`trainer`).
+        ``high``: the full-range denoiser of a low-noise expert run; ``coefficient``: the
+        frozen coefficient denoiser of a ``diffusion.frozen_coefficient`` run (:meth:`trainer`).
         """
-        return self.trainer(high).train()
+        return self.trainer(high, coefficient).train()
 
     def load_denoiser(self, checkpoint: str | os.PathLike | None = None) -> tuple[nn.Module, FieldNormalizer]:
         """A checkpoint's EMA denoiser, in evaluation mode on ``training.device``, and its normaliser.

@@ -148,6 +148,9 @@ class DiffusionConfig(_Section):
 
     ``expert_below`` > 0 makes the run a low-noise expert: trained on the steps
     ``t < expert_below`` only, beside a frozen full-range denoiser, and sampled with it.
+    ``frozen_coefficient`` takes the estimate of the problem's coefficient fields, at
+    every step of training and sampling, from a frozen denoiser of another run; the
+    run's own network learns the other fields.
     """
 
     name: ClassVar[str] = "diffusion"
@@ -171,6 +174,7 @@ class DiffusionConfig(_Section):
     trajectory_t_fraction: float = _key(0.5, _fraction)
     trajectory_eta: float = _key(0.0, _in_interval(0, 1, closed_high=True))
     expert_below: int = _key(0, _at_least(0))
+    frozen_coefficient: bool = _key(False)
     c_eq: float = _key(0.0, _at_least(0))
     c_ineq: float = _key(0.0, _at_least(0))
     lambda_opt: float = _key(0.0, _at_least(0))
