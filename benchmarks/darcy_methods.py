@@ -25,7 +25,9 @@ only in the switches of the diffusion configuration:
   steps only (t >= :data:`EXPERT_BELOW`), the expert's own K below;
 * ``pidm_trajectory_expert_on_ddpm_k``: a low-noise expert of PIDM-trajectory trained and
   sampled inside that composition (``diffusion.frozen_coefficient``, DDPM's model frozen:
-  :data:`COEFFICIENT_OF`), so that its trajectory states and its physics terms meet DDPM's K.
+  :data:`COEFFICIENT_OF`), so that its trajectory states and its physics terms meet DDPM's K;
+* ``pidm_trajectory_expert_on_ddpm_k_high``: the same inside the ``_high`` composition, DDPM's
+  K at the full-range steps only, the expert's own K below.
 """
 
 from __future__ import annotations
@@ -63,12 +65,16 @@ EXPERT_TRAINING = "expert_training"
 EXPERT_BELOW = 10
 #: low-noise experts: the full-range method each trains beside (frozen) and is sampled with
 EXPERT_OF = {"ddpm_expert": "ddpm", "pidm_trajectory_expert": "pidm_trajectory",
-             "pidm_trajectory_expert_on_ddpm_k": "pidm_trajectory"}
+             "pidm_trajectory_expert_on_ddpm_k": "pidm_trajectory",
+             "pidm_trajectory_expert_on_ddpm_k_high": "pidm_trajectory"}
 #: trained methods whose coefficient (K) estimate is, in training and sampling, that of another trained
-#: method's model, frozen (``diffusion.frozen_coefficient``); they train after every other method
-COEFFICIENT_OF = {"pidm_trajectory_expert_on_ddpm_k": "ddpm"}
+#: method's model, frozen (``diffusion.frozen_coefficient``), at the steps ``diffusion.frozen_coefficient_steps``
+#: (all, or the full-range model's only): the method and the steps; they train after every other method
+COEFFICIENT_OF = {"pidm_trajectory_expert_on_ddpm_k": ("ddpm", "all"),
+                  "pidm_trajectory_expert_on_ddpm_k_high": ("ddpm", "high")}
 TRAINED.update({expert: TRAINED[run] for expert, run in EXPERT_OF.items()})
-TRAINED.update({m: {**TRAINED[m], "frozen_coefficient": True} for m in COEFFICIENT_OF})
+TRAINED.update({m: {**TRAINED[m], "frozen_coefficient": True, "frozen_coefficient_steps": steps}
+                for m, (_, steps) in COEFFICIENT_OF.items()})
 #: diffusion keys of ``pidm_trajectory`` where the run's configuration leaves them unset (the options of the
 #: README's "Trajectory states in the default mode": chains of 10 DDIM steps drawn every 25 training steps,
 #: states at t < T / 2, state misfit of weight 1)
@@ -76,7 +82,7 @@ TRAJECTORY_DEFAULTS = {"trajectory_every": 25, "trajectory_steps": 10, "trajecto
 #: per trained method, the diffusion keys it sets where the run's configuration leaves them unset
 DEFAULTS = {"pidm_trajectory": TRAJECTORY_DEFAULTS, "ddpm_expert": {"expert_below": EXPERT_BELOW},
             "pidm_trajectory_expert": {**TRAJECTORY_DEFAULTS, "expert_below": EXPERT_BELOW}}
-DEFAULTS["pidm_trajectory_expert_on_ddpm_k"] = DEFAULTS["pidm_trajectory_expert"]
+DEFAULTS.update({m: DEFAULTS["pidm_trajectory_expert"] for m in COEFFICIENT_OF})
 #: sampled-only methods: the trained method whose model they sample with CoCoGen corrections
 CORRECTED = {"cocogen": "ddpm", "pidm_cocogen": "pidm_mean", "pidm_trajectory_cocogen": "pidm_trajectory"}
 #: sampled-only methods composed of two trained methods' models: the one sampled, the one whose
@@ -90,7 +96,8 @@ PR_SET_PDEATHSIG = 1
 #: pidm_trajectory: default mode, 1.56 against DDPM's 0.61 s per step side by side; with the fused
 #: slice attention, default mode: 1, 1.03, 2.1, 1.04 and 2.8, which groups the methods the same way)
 STEP_COST = {"ddpm": 1.0, "pidm_mean": 1.1, "pidm_sample": 2.1, "physics_guided": 1.1, "pidm_trajectory": 2.6,
-             "ddpm_expert": 1.0, "pidm_trajectory_expert": 1.5, "pidm_trajectory_expert_on_ddpm_k": 2.0}
+             "ddpm_expert": 1.0, "pidm_trajectory_expert": 1.5, "pidm_trajectory_expert_on_ddpm_k": 2.0,
+             "pidm_trajectory_expert_on_ddpm_k_high": 2.0}
 
 
 def method_config(base: dict, method: str):
@@ -121,7 +128,7 @@ def needed_methods(method: str) -> tuple[str, ...]:
     if method in CORRECTED:
         return (CORRECTED[method],)
     if method in EXPERT_OF:
-        return (EXPERT_OF[method],) + ((COEFFICIENT_OF[method],) if method in COEFFICIENT_OF else ())
+        return (EXPERT_OF[method],) + ((COEFFICIENT_OF[method][0],) if method in COEFFICIENT_OF else ())
     return COMPOSED[method][:2] if method in COMPOSED else ()
 
 
@@ -159,7 +166,7 @@ def train_all(base: dict, methods: list[str], mesh, out: Path, workers: int, pro
         high, _ = _trained(base, EXPERT_OF[method], mesh, out, progress) if method in EXPERT_OF else (None, None)
         coefficient = None
         if method in COEFFICIENT_OF:
-            coefficient, units = _trained(base, COEFFICIENT_OF[method], mesh, out, progress)
+            coefficient, units = _trained(base, COEFFICIENT_OF[method][0], mesh, out, progress)
             require_same_units(experiment.fit_normalizer(), units, method)
         experiment.train(high, coefficient)
         experiments[method] = experiment

@@ -177,10 +177,11 @@ def test_an_expert_on_another_models_coefficient_freezes_it_and_trains_after_the
 
     base = base_config(parse_args([]))
     assert {m for m in TRAINED if method_config(base, m).diffusion.frozen_coefficient} == set(COEFFICIENT_OF)
-    ours, theirs = (method_config(base, m).diffusion for m in ("pidm_trajectory_expert_on_ddpm_k",
-                                                               "pidm_trajectory_expert"))
-    assert ours == dataclasses.replace(theirs, frozen_coefficient=True)
-    assert needed_methods("pidm_trajectory_expert_on_ddpm_k") == ("pidm_trajectory", "ddpm")
+    theirs = method_config(base, "pidm_trajectory_expert").diffusion
+    for steps, suffix in (("all", ""), ("high", "_high")):
+        ours = method_config(base, f"pidm_trajectory_expert_on_ddpm_k{suffix}").diffusion
+        assert ours == dataclasses.replace(theirs, frozen_coefficient=True, frozen_coefficient_steps=steps)
+        assert needed_methods(f"pidm_trajectory_expert_on_ddpm_k{suffix}") == ("pidm_trajectory", "ddpm")
     # left to the sequential train_all, which runs after every other method has finished: no process is started
     train_in_parallel(base, ["ddpm", *COEFFICIENT_OF], ROOT / "meshes" / "unit_square_r0.msh", tmp_path, 1, 2, False)
     assert not any(tmp_path.iterdir())

@@ -519,8 +519,10 @@ def test_a_low_noise_expert_trains_below_its_split_beside_the_frozen_model_and_s
                        expert.fit_normalizer(), expert.residual)
 
 
-def test_a_frozen_coefficient_run_trains_its_pressure_on_another_models_coefficient(data_dir, tmp_path):
-    """diffusion.frozen_coefficient: K's estimate is the frozen model's at every step; the run learns p only."""
+@pytest.mark.parametrize("steps", ["all", "high"])
+def test_a_frozen_coefficient_run_trains_its_pressure_on_another_models_coefficient(data_dir, tmp_path, steps):
+    """diffusion.frozen_coefficient: K's estimate is the frozen model's at every step (or at the full-range
+    model's steps only, the expert's own below); the run learns p, and with "high" K below the split too."""
     from pidm_fem.diffusion import ChannelExperts, TimestepExperts
 
     trajectory = {"c_state": 1.0, "trajectory_every": 2, "trajectory_steps": 4, "trajectory_t_fraction": 0.5}
@@ -532,8 +534,8 @@ def test_a_frozen_coefficient_run_trains_its_pressure_on_another_models_coeffici
     high, _ = runs["full"].load_denoiser()
     coefficient, _ = runs["ddpm"].load_denoiser()
 
-    config = small_config(model={"width": 8}, diffusion={**trajectory, "expert_below": 5, "frozen_coefficient": True},
-                          training={"steps": 4, "batch_size": 2})
+    frozen = {"expert_below": 5, "frozen_coefficient": True, "frozen_coefficient_steps": steps}
+    config = small_config(model={"width": 8}, diffusion={**trajectory, **frozen}, training={"steps": 4, "batch_size": 2})
     expert = DarcyExperiment(config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path / "expert", progress=False)
     with pytest.raises(ConfigError, match="frozen_coefficient: the run .* starts from the denoiser of its coefficient"):
         expert.trainer(high)
@@ -544,23 +546,38 @@ def test_a_frozen_coefficient_run_trains_its_pressure_on_another_models_coeffici
     assert summary.components["state"] > 0  # the composed chains' states reach the loss
 
     model, _ = expert.load_denoiser()
-    assert isinstance(model, ChannelExperts) and isinstance(model.base, TimestepExperts)
-    assert model.channels == expert.coefficient_channels() == (1,)
-    for frozen, source in ((model.other, coefficient), (model.base.high, high)):
+    if steps == "all":
+        assert isinstance(model, ChannelExperts) and isinstance(model.base, TimestepExperts)
+        composition = model
+        other, frozen_high, low, fresh_low = model.other, model.base.high, model.base.low, fresh.base.low
+    else:
+        assert isinstance(model, TimestepExperts) and isinstance(model.high, ChannelExperts)
+        composition = model.high
+        other, frozen_high, low, fresh_low = model.high.other, model.high.base, model.low, fresh.low
+    assert composition.channels == expert.coefficient_channels() == (1,)
+    for part, source in ((other, coefficient), (frozen_high, high)):
         for key, value in source.state_dict().items():
-            assert torch.equal(frozen.state_dict()[key], value), key
-    assert all(not p.requires_grad for p in (*fresh.other.parameters(), *fresh.base.high.parameters()))
-    assert any(not torch.equal(a, b) for a, b in zip(model.base.low.parameters(), fresh.base.low.parameters()))
-    # every step's estimate: K from the frozen model, p from the trained pair
+            assert torch.equal(part.state_dict()[key], value), key
+    assert sum(p.numel() for p in fresh.parameters() if p.requires_grad) == sum(p.numel() for p in fresh_low.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(low.parameters(), fresh_low.parameters()))
+    # each step's estimate: K from the frozen model where it acts, p from the trained pair (to the rounding of
+    # float32 networks on the smaller batches that TimestepExperts routes)
     x, t = torch.randn(3, 2, expert.fields.n_nodes), torch.tensor([1, 4, 12])
     with torch.no_grad():
-        composed, pair, other = model(x, t), model.base(x, t), coefficient(x, t)
-    torch.testing.assert_close(composed[:, 1], other[:, 1], rtol=0, atol=0)
-    torch.testing.assert_close(composed[:, 0], pair[:, 0], rtol=0, atol=0)
-    assert not torch.allclose(composed[:, 0], other[:, 0])
+        composed, own, other_estimate = model(x, t), low(x, t), coefficient(x, t)
+        full_range = high(x, t)
+    takes_other = t >= 0 if steps == "all" else t >= 5
+    torch.testing.assert_close(composed[takes_other, 1], other_estimate[takes_other, 1], rtol=0, atol=1e-6)
+    torch.testing.assert_close(composed[~takes_other, 1], own[~takes_other, 1], rtol=0, atol=1e-6)
+    torch.testing.assert_close(composed[t < 5, 0], own[t < 5, 0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(composed[t >= 5, 0], full_range[t >= 5, 0], rtol=0, atol=1e-6)
+    assert not torch.allclose(composed[t < 5, 0], other_estimate[t < 5, 0])
     rows = expert.sample(2, seed=1)
     assert rows.shape == (2, 2 * expert.fields.n_nodes) and np.all(np.isfinite(rows))
 
     guided = small_config(model={"width": 8}, diffusion={"method": "physics_guided", "frozen_coefficient": True})
     with pytest.raises(ConfigError, match="frozen_coefficient: a physics-guided model's condition channels"):
         DarcyExperiment(guided, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path / "guided", progress=False).build_model()
+    alone = small_config(model={"width": 8}, diffusion={"frozen_coefficient": True, "frozen_coefficient_steps": "high"})
+    with pytest.raises(ConfigError, match="frozen_coefficient_steps: 'high' needs a low-noise expert"):
+        DarcyExperiment(alone, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path / "alone", progress=False).build_model()

@@ -441,24 +441,45 @@ class DarcyExperiment:
         :meth:`trainer`'s ``high`` or a checkpoint). With ``diffusion.frozen_coefficient``
         the model is a :class:`~pidm_fem.diffusion.ChannelExperts` whose coefficient (K)
         estimate comes from one more such denoiser, frozen (its weights from
-        :meth:`trainer`'s ``coefficient`` or a checkpoint). The global torch RNG is left as it was.
+        :meth:`trainer`'s ``coefficient`` or a checkpoint); with
+        ``frozen_coefficient_steps: high`` that composition replaces the full-range
+        denoiser of the pair only. The global torch RNG is left as it was.
 
         Raises
         ------
         ConfigError
             If ``diffusion.frozen_coefficient`` is set for a physics-guided model, whose
-            condition channels a model of another run would not read.
+            condition channels a model of another run would not read, or on the steps
+            ``high`` of a run that is not an expert.
         """
         diffusion = self.config.diffusion
         split = diffusion.expert_below
-        model = self._build_denoiser(normalizer)
-        if split:
-            model = TimestepExperts(model, self._frozen_denoiser(normalizer), split)
-        if not diffusion.frozen_coefficient:
-            return model
-        if diffusion.method == "physics_guided":
+        frozen = diffusion.frozen_coefficient
+        if frozen and diffusion.method == "physics_guided":
             raise ConfigError("diffusion.frozen_coefficient: a physics-guided model's condition channels are its own")
+        if frozen and diffusion.frozen_coefficient_steps == "high" and not split:
+            raise ConfigError("diffusion.frozen_coefficient_steps: 'high' needs a low-noise expert (expert_below > 0)")
+        model = self._build_denoiser(normalizer)
+        if not split:
+            return self._with_frozen_coefficient(model, normalizer) if frozen else model
+        high = self._frozen_denoiser(normalizer)
+        if frozen and diffusion.frozen_coefficient_steps == "high":
+            return TimestepExperts(model, self._with_frozen_coefficient(high, normalizer), split)
+        pair = TimestepExperts(model, high, split)
+        return self._with_frozen_coefficient(pair, normalizer) if frozen else pair
+
+    def _with_frozen_coefficient(self, model: nn.Module, normalizer: FieldNormalizer | None) -> ChannelExperts:
         return ChannelExperts(model, self._frozen_denoiser(normalizer), self.coefficient_channels())
+
+    def _frozen_parts(self, model: nn.Module) -> tuple[nn.Module | None, nn.Module | None]:
+        """The modules of :meth:`build_model`'s ``model`` that hold the frozen full-range and coefficient
+        denoisers (None where it has none)."""
+        diffusion = self.config.diffusion
+        if not diffusion.frozen_coefficient:
+            return (model.high if diffusion.expert_below else None), None
+        if diffusion.frozen_coefficient_steps == "high":
+            return model.high.base, model.high.other
+        return (model.base.high if diffusion.expert_below else None), model.other
 
     def _frozen_denoiser(self, normalizer: FieldNormalizer | None) -> nn.Module:
         return self._build_denoiser(normalizer).requires_grad_(False)
@@ -541,13 +562,13 @@ class DarcyExperiment:
             return loss(model, batch["x0"], generator=generator)
 
         model = self.build_model(normalizer)
-        pair = model.base if diffusion.frozen_coefficient else model
+        high_part, coefficient_part = self._frozen_parts(model)
         resumed = (self.run_dir / LAST).is_file()
-        _copy_frozen(pair.high if diffusion.expert_below else None, high, resumed,
+        _copy_frozen(high_part, high, resumed,
                      "a full-range run (diffusion.expert_below: 0) trains no expert beside a frozen model",
                      f"diffusion.expert_below: the expert run {self.run_dir} starts from a full-range denoiser, "
                      f"and none was given")
-        _copy_frozen(model.other if diffusion.frozen_coefficient else None, coefficient, resumed,
+        _copy_frozen(coefficient_part, coefficient, resumed,
                      "a run without diffusion.frozen_coefficient takes no coefficient model",
                      f"diffusion.frozen_coefficient: the run {self.run_dir} starts from the denoiser of its "
                      f"coefficient, and none was given")

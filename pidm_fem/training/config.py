@@ -150,7 +150,9 @@ class DiffusionConfig(_Section):
     ``t < expert_below`` only, beside a frozen full-range denoiser, and sampled with it.
     ``frozen_coefficient`` takes the estimate of the problem's coefficient fields, at
     every step of training and sampling, from a frozen denoiser of another run; the
-    run's own network learns the other fields.
+    run's own network learns the other fields. With ``frozen_coefficient_steps: high``
+    (an expert only) it does so at the full-range model's steps ``t >= expert_below``
+    only, and the expert estimates every field below.
     """
 
     name: ClassVar[str] = "diffusion"
@@ -175,6 +177,7 @@ class DiffusionConfig(_Section):
     trajectory_eta: float = _key(0.0, _in_interval(0, 1, closed_high=True))
     expert_below: int = _key(0, _at_least(0))
     frozen_coefficient: bool = _key(False)
+    frozen_coefficient_steps: Literal["all", "high"] = _key("all")
     c_eq: float = _key(0.0, _at_least(0))
     c_ineq: float = _key(0.0, _at_least(0))
     lambda_opt: float = _key(0.0, _at_least(0))
