@@ -72,14 +72,16 @@ def expert_config(args, method: str):
     """The run configuration of the low-noise expert of ``method`` (``diffusion.expert_below`` = t_max).
 
     That of darcy_mesh's expert method where it has one (``pidm_trajectory``: trajectory
-    states by chains of the sampler's length), else of ``method``.
+    states by chains of the sampler's length; not the experts on another model's
+    coefficient), else of ``method``.
     """
     from darcy_mesh import base_config
-    from darcy_methods import EXPERT_OF, method_config
+    from darcy_methods import COEFFICIENT_OF, EXPERT_OF, method_config
 
     base = base_config(args)
     base["diffusion"] = {**base["diffusion"], "expert_below": args.t_max}
-    return method_config(base, {run: expert for expert, run in EXPERT_OF.items()}.get(method, method))
+    own_expert = {run: expert for expert, run in EXPERT_OF.items() if expert not in COEFFICIENT_OF}
+    return method_config(base, own_expert.get(method, method))
 
 
 def expert_pairs(values: list[str] | None, methods: list[str]) -> list[tuple[str, str]]:

@@ -68,7 +68,8 @@ def test_smoke_run_writes_every_output(tmp_path):
     assert (out / "trajectory" / "trajectory.png").stat().st_size > 0
     traced = json.loads((out / "trajectory" / "trajectory.json").read_text())
     assert set(traced["methods"]) == {"ddpm", "pidm_mean", "pidm_sample", "pidm_trajectory", "ddpm_expert",
-                                      "pidm_trajectory_expert"}
+                                      "pidm_trajectory_expert", "pidm_trajectory_expert_on_ddpm_k",
+                                      "pidm_trajectory_expert_on_ddpm_k_high"}
     for method, curves in traced["methods"].items():
         times = list(curves["sampling_estimate"])
         assert times == list(curves["noised_data_estimate"]) == list(curves["noised_data"]) and len(times) >= 3
@@ -86,7 +87,8 @@ def test_sampling_trajectory_without_runs_is_a_one_line_error(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"sampling_trajectory: error: {tmp_path / 'runs'}: no trained run of ddpm, pidm_mean, pidm_sample, "
-        "pidm_trajectory, ddpm_expert, pidm_trajectory_expert"]
+        "pidm_trajectory, ddpm_expert, pidm_trajectory_expert, pidm_trajectory_expert_on_ddpm_k, "
+        "pidm_trajectory_expert_on_ddpm_k_high"]
 
 
 def test_sampling_trajectory_traces_every_trained_method_without_condition_channels():
