@@ -94,10 +94,11 @@ COMPOSED = {"pidm_trajectory_expert_ddpm_k": ("pidm_trajectory_expert", "ddpm", 
 PR_SET_PDEATHSIG = 1
 #: relative cost of a training step (quick mode, one core each: 80, 88, 168 and 88 s for 350 steps;
 #: pidm_trajectory: default mode, 1.56 against DDPM's 0.61 s per step side by side; with the fused
-#: slice attention, default mode: 1, 1.03, 2.1, 1.04 and 2.8, which groups the methods the same way)
+#: slice attention, default mode: 1, 1.03, 2.1, 1.04 and 2.8, which groups the methods the same way; the experts
+#: on DDPM's K, session 22: 2.03 and 1.68 against pidm_trajectory_expert's 1.22 s per step)
 STEP_COST = {"ddpm": 1.0, "pidm_mean": 1.1, "pidm_sample": 2.1, "physics_guided": 1.1, "pidm_trajectory": 2.6,
-             "ddpm_expert": 1.0, "pidm_trajectory_expert": 1.5, "pidm_trajectory_expert_on_ddpm_k": 2.0,
-             "pidm_trajectory_expert_on_ddpm_k_high": 2.0}
+             "ddpm_expert": 1.0, "pidm_trajectory_expert": 1.5, "pidm_trajectory_expert_on_ddpm_k": 2.5,
+             "pidm_trajectory_expert_on_ddpm_k_high": 2.1}
 
 
 def method_config(base: dict, method: str):
