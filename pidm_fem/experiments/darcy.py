@@ -41,6 +41,7 @@ from torch import nn
 
 from pidm_fem.data import generate_samples, load_samples
 from pidm_fem.diffusion import (
+    ChannelExperts,
     CoCoGenCorrector,
     CosineSchedule,
     FieldNormalizer,
@@ -52,7 +53,6 @@ from pidm_fem.diffusion import (
     PhysicsGuidedConditioning,
     PIDMLoss,
     Residual,
-    ChannelExperts,
     SubspaceDenoiser,
     TimestepExperts,
     TrajectoryStates,
