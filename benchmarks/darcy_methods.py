@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pidm_fem.diffusion import ChannelExperts, FieldNormalizer, TimestepExperts
+from pidm_fem.diffusion import FieldNormalizer
 from pidm_fem.experiments import DarcyExperiment
 from pidm_fem.training import CheckpointError, config_from_dict, load_checkpoint
 from pidm_fem.training.checkpoint import LAST
@@ -86,19 +86,19 @@ DEFAULTS.update({m: DEFAULTS["pidm_trajectory_expert"] for m in COEFFICIENT_OF})
 #: sampled-only methods: the trained method whose model they sample with CoCoGen corrections
 CORRECTED = {"cocogen": "ddpm", "pidm_cocogen": "pidm_mean", "pidm_trajectory_cocogen": "pidm_trajectory"}
 #: sampled-only methods composed of two trained methods' models: the one sampled, the one whose
-#: coefficient (K) estimate replaces the first's (:class:`~pidm_fem.diffusion.ChannelExperts`), and the
-#: first timestep at which it does (0: every step; docs/darcy_studies.md, "The coefficient of the data model")
-COMPOSED = {"pidm_trajectory_expert_ddpm_k": ("pidm_trajectory_expert", "ddpm", 0),
-            "pidm_trajectory_expert_ddpm_k_high": ("pidm_trajectory_expert", "ddpm", EXPERT_BELOW)}
+#: coefficient (K) estimate replaces the first's, and the steps at which it does, as in
+#: :data:`COEFFICIENT_OF` (:meth:`~pidm_fem.experiments.DarcyExperiment.with_coefficient_of`;
+#: docs/darcy_studies.md, "The coefficient of the data model")
+COMPOSED = {"pidm_trajectory_expert_ddpm_k": ("pidm_trajectory_expert", "ddpm", "all"),
+            "pidm_trajectory_expert_ddpm_k_high": ("pidm_trajectory_expert", "ddpm", "high")}
 #: prctl option of Linux: the signal a process receives when its parent dies
 PR_SET_PDEATHSIG = 1
 #: relative cost of a training step (quick mode, one core each: 80, 88, 168 and 88 s for 350 steps;
 #: pidm_trajectory: default mode, 1.56 against DDPM's 0.61 s per step side by side; with the fused
-#: slice attention, default mode: 1, 1.03, 2.1, 1.04 and 2.8, which groups the methods the same way; the experts
-#: on DDPM's K, session 22: 2.03 and 1.68 against pidm_trajectory_expert's 1.22 s per step)
+#: slice attention, default mode: 1, 1.03, 2.1, 1.04 and 2.8, which groups the methods the same way); the
+#: methods of :data:`COEFFICIENT_OF` never train in parallel groups
 STEP_COST = {"ddpm": 1.0, "pidm_mean": 1.1, "pidm_sample": 2.1, "physics_guided": 1.1, "pidm_trajectory": 2.6,
-             "ddpm_expert": 1.0, "pidm_trajectory_expert": 1.5, "pidm_trajectory_expert_on_ddpm_k": 2.5,
-             "pidm_trajectory_expert_on_ddpm_k_high": 2.1}
+             "ddpm_expert": 1.0, "pidm_trajectory_expert": 1.5}
 
 
 def method_config(base: dict, method: str):
@@ -183,14 +183,15 @@ def _trained(base: dict, method: str, mesh, out: Path, progress: bool):
 def balanced_groups(methods: list[str], jobs: int) -> list[list[str]]:
     """The trained methods of ``methods`` split into at most ``jobs`` groups of similar cost.
 
-    A low-noise expert stays in its full-range method's group, after it, when both are
+    The methods of :data:`COEFFICIENT_OF` are left out: they need a model of another
+    group, and train after them all (:func:`train_all`). A low-noise expert stays in its full-range method's group, after it, when both are
     in ``methods`` (it trains from that run). Costliest first, each method with its
     expert to the group with the least cost so far (:data:`STEP_COST`); empty groups are
     dropped.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
-    trained = [m for m in methods if m in TRAINED]
+    trained = [m for m in methods if m in TRAINED and m not in COEFFICIENT_OF]
     units = {m: [m] for m in trained if EXPERT_OF.get(m) not in trained}
     for expert in [m for m in trained if EXPERT_OF.get(m) in trained]:
         units[EXPERT_OF[expert]].append(expert)
@@ -220,12 +221,11 @@ def train_in_parallel(base: dict, methods: list[str], mesh, out: Path, workers: 
 
     The dataset is generated first, here, so that the processes share one file; each
     process trains its group (:func:`balanced_groups`) as :func:`train_all` would, so
-    the runs are those of a sequential run, and a later :func:`train_all` resumes them.
-    The methods of :data:`COEFFICIENT_OF` are left to that :func:`train_all`: they need
-    a model of another group.
+    the runs are those of a sequential run, and a later :func:`train_all` resumes them
+    (and trains the methods that :func:`balanced_groups` leaves out).
     A failure in any process is raised here; stopping this process stops them all.
     """
-    unfinished = [m for m in methods if m in TRAINED and m not in COEFFICIENT_OF
+    unfinished = [m for m in methods if m in TRAINED
                   and not _finished(out / "runs" / m / LAST, method_config(base, m).training.steps)]
     groups = balanced_groups(unfinished, jobs)
     if len(groups) < 2:
@@ -270,23 +270,22 @@ def train_and_sample(
                                     data_dir=out / "data", run_dir=trained.run_dir, progress=progress)
         results[method] = _sample(corrected, n_samples)
     for method in [m for m in methods if m in COMPOSED]:
-        *models, from_t = COMPOSED[method]
+        *models, steps = COMPOSED[method]
         sampled, coefficient = (experiments[m] for m in models)
-        results[method] = _sample(sampled, n_samples, wrap=_coefficient_of(coefficient, sampled, method, from_t))
+        results[method] = _sample(sampled, n_samples, wrap=_coefficient_of(coefficient, sampled, method, steps))
         results[method]["seconds_per_step"] = sum(results[m]["seconds_per_step"] for m in models)
     return results, next(iter(experiments.values()))
 
 
-def _coefficient_of(source: DarcyExperiment, sampled: DarcyExperiment, method: str, from_t: int):
-    """A ``wrap`` of ``sampled.sample``: its denoiser with ``source``'s coefficient estimate at t >= from_t."""
+def _coefficient_of(source: DarcyExperiment, sampled: DarcyExperiment, method: str, steps: str):
+    """A ``wrap`` of ``sampled.sample``: its denoiser with ``source``'s coefficient estimate at the steps ``steps``."""
     other, units = source.load_denoiser()
     if source.config.diffusion.T != sampled.config.diffusion.T:
         raise ValueError(f"{method}: the models it composes were trained with different numbers of timesteps")
 
     def wrap(model, normalizer):
         require_same_units(normalizer, units, method)
-        composed = ChannelExperts(model, other, source.coefficient_channels())
-        return TimestepExperts(model, composed, from_t) if from_t else composed
+        return sampled.with_coefficient_of(model, other, steps)
     return wrap
 
 

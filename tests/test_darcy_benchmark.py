@@ -246,6 +246,9 @@ def test_balanced_groups_split_the_trained_methods_by_cost():
     assert balanced_groups(experts, 2) == [["pidm_trajectory", "pidm_trajectory_expert"],
                                            ["ddpm", "ddpm_expert", "pidm_mean"]]
     assert balanced_groups(["ddpm_expert", "pidm_mean"], 2) == [["pidm_mean"], ["ddpm_expert"]]
+    # the experts on another model's coefficient train after every group
+    on_ddpm_k = ["pidm_trajectory_expert_on_ddpm_k", "pidm_trajectory_expert_on_ddpm_k_high"]
+    assert balanced_groups(["ddpm", "pidm_trajectory", *on_ddpm_k], 2) == [["pidm_trajectory"], ["ddpm"]]
 
 
 def test_bad_jobs_is_a_one_line_error(tmp_path):

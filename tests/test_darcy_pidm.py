@@ -574,6 +574,13 @@ def test_a_frozen_coefficient_run_trains_its_pressure_on_another_models_coeffici
     assert not torch.allclose(composed[t < 5, 0], other_estimate[t < 5, 0])
     rows = expert.sample(2, seed=1)
     assert rows.shape == (2, 2 * expert.fields.n_nodes) and np.all(np.isfinite(rows))
+    # a pair trained without a frozen coefficient, composed afterwards, has the trained composition's structure
+    unfrozen = {**trajectory, "expert_below": 5}
+    plain = DarcyExperiment(small_config(model={"width": 8}, diffusion=unfrozen), COARSE_MESH, data_dir=data_dir,
+                            run_dir=tmp_path / "plain", progress=False)
+    assert plain.with_coefficient_of(plain.build_model(), coefficient, steps).state_dict().keys() == fresh.state_dict().keys()
+    with pytest.raises(ConfigError, match="must be 'all' or 'high', got 'low'"):
+        plain.with_coefficient_of(plain.build_model(), coefficient, "low")
 
     guided = small_config(model={"width": 8}, diffusion={"method": "physics_guided", "frozen_coefficient": True})
     with pytest.raises(ConfigError, match="frozen_coefficient: a physics-guided model's condition channels"):

@@ -457,19 +457,44 @@ class DarcyExperiment:
         frozen = diffusion.frozen_coefficient
         if frozen and diffusion.method == "physics_guided":
             raise ConfigError("diffusion.frozen_coefficient: a physics-guided model's condition channels are its own")
-        if frozen and diffusion.frozen_coefficient_steps == "high" and not split:
-            raise ConfigError("diffusion.frozen_coefficient_steps: 'high' needs a low-noise expert (expert_below > 0)")
         model = self._build_denoiser(normalizer)
-        if not split:
-            return self._with_frozen_coefficient(model, normalizer) if frozen else model
-        high = self._frozen_denoiser(normalizer)
-        if frozen and diffusion.frozen_coefficient_steps == "high":
-            return TimestepExperts(model, self._with_frozen_coefficient(high, normalizer), split)
-        pair = TimestepExperts(model, high, split)
-        return self._with_frozen_coefficient(pair, normalizer) if frozen else pair
+        if split:
+            model = TimestepExperts(model, self._frozen_denoiser(normalizer), split)
+        if not frozen:
+            return model
+        return self.with_coefficient_of(model, self._frozen_denoiser(normalizer), diffusion.frozen_coefficient_steps)
 
-    def _with_frozen_coefficient(self, model: nn.Module, normalizer: FieldNormalizer | None) -> ChannelExperts:
-        return ChannelExperts(model, self._frozen_denoiser(normalizer), self.coefficient_channels())
+    def with_coefficient_of(self, model: nn.Module, coefficient: nn.Module, steps: str = "all") -> nn.Module:
+        """``model`` whose coefficient (K) estimate is ``coefficient``'s, at the steps ``steps``.
+
+        The composition of ``diffusion.frozen_coefficient`` (:meth:`build_model`), also
+        for models trained without it.
+
+        Parameters
+        ----------
+        model
+            A denoiser of this run's structure without a frozen coefficient: a single
+            denoiser, or a low-noise expert's :class:`~pidm_fem.diffusion.TimestepExperts` pair.
+        coefficient
+            The denoiser, in the same normalised units, whose coefficient estimate replaces ``model``'s.
+        steps
+            ``"all"``: at every step (:class:`~pidm_fem.diffusion.ChannelExperts` around
+            ``model``); ``"high"``: at the pair's full-range steps only (around its ``high``).
+
+        Raises
+        ------
+        ConfigError
+            If ``steps`` is ``"high"`` and ``model`` is not a low-noise expert's pair, or
+            ``steps`` is neither value.
+        """
+        channels = self.coefficient_channels()
+        if steps == "all":
+            return ChannelExperts(model, coefficient, channels)
+        if steps != "high":
+            raise ConfigError(f"frozen coefficient steps must be 'all' or 'high', got {steps!r}")
+        if not isinstance(model, TimestepExperts):
+            raise ConfigError("diffusion.frozen_coefficient_steps: 'high' needs a low-noise expert (expert_below > 0)")
+        return TimestepExperts(model.low, ChannelExperts(model.high, coefficient, channels), model.split)
 
     def _frozen_parts(self, model: nn.Module) -> tuple[nn.Module | None, nn.Module | None]:
         """The modules of :meth:`build_model`'s ``model`` that hold the frozen full-range and coefficient
