@@ -169,6 +169,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_model_arguments(parser)
     parser.add_argument("--expert-steps", type=int, default=None,
                         help="training steps of the low-noise experts (default: those of the other methods)")
+    parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None,
+                        help="learning-rate schedule of every method (default: constant)")
+    parser.add_argument("--expert-lr-schedule", choices=("constant", "cosine"), default=None,
+                        help="learning-rate schedule of the low-noise experts (default: that of the other methods)")
     parser.add_argument("--n-samples", type=int, default=None, help="override the number of generated samples")
     parser.add_argument("--no-sample-estimation", action="store_true", help="skip PIDM with 'sample' estimation")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=None,
@@ -235,6 +239,7 @@ OVERRIDES = {
     "field_views": ("model", "field_views"),
     "gradient_views": ("model", "gradient_views"),
     "input_products": ("model", "input_products"),
+    "lr_schedule": ("training", "lr_schedule"),
     "output_modes": ("model", "output_modes"),
     "c_residual": ("diffusion", "c_residual"),
     "representation": ("diffusion", "representation"),
@@ -259,8 +264,9 @@ def base_config(args: argparse.Namespace) -> dict:
 
     ``args`` holds ``mode``, ``device`` and ``steps`` and any of the :data:`OVERRIDES` options
     (another tool's parser may define a subset of them; a missing or None one keeps the mode's value).
-    ``--expert-steps`` adds the training keys of the low-noise experts as the extra section
-    ``darcy_methods.EXPERT_TRAINING``, which ``darcy_methods.method_config`` applies to them.
+    ``--expert-steps`` and ``--expert-lr-schedule`` add training keys of the low-noise experts
+    as the extra section ``darcy_methods.EXPERT_TRAINING``, which ``darcy_methods.method_config``
+    applies to them.
     """
     config = {section: dict(values) for section, values in MODES[args.mode]["config"].items()}
     config["training"]["device"] = args.device
@@ -269,10 +275,15 @@ def base_config(args: argparse.Namespace) -> dict:
             config[section][key] = getattr(args, option)
     if args.steps is not None:
         config["training"].update(training_length(config["training"], args.steps))
+    expert_training = {}
     if getattr(args, "expert_steps", None) is not None:
+        expert_training.update(training_length(config["training"], args.expert_steps))
+    if getattr(args, "expert_lr_schedule", None) is not None:
+        expert_training["lr_schedule"] = args.expert_lr_schedule
+    if expert_training:
         from darcy_methods import EXPERT_TRAINING
 
-        config[EXPERT_TRAINING] = training_length(config["training"], args.expert_steps)
+        config[EXPERT_TRAINING] = expert_training
     return config
 
 

@@ -152,6 +152,12 @@ def test_each_expert_trains_its_models_loss_below_the_split_with_the_samplers_ch
     assert [method_config(shorter, m).training.steps for m in ("ddpm", "ddpm_expert", "pidm_trajectory_expert")] == [
         800, 300, 300]
     assert method_config(shorter, "ddpm_expert").training.ema_start == 150
+    cosine_experts = base_config(parse_args(["--expert-lr-schedule", "cosine"]))
+    assert [method_config(cosine_experts, m).training.lr_schedule for m in ("ddpm", "pidm_trajectory_expert")] == [
+        "constant", "cosine"]
+    cosine = base_config(parse_args(["--lr-schedule", "cosine", "--expert-lr-schedule", "constant"]))
+    assert [method_config(cosine, m).training.lr_schedule for m in ("ddpm", "pidm_trajectory_expert")] == [
+        "cosine", "constant"]
 
 
 def test_an_expert_without_its_model_is_a_one_line_error(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import numpy as np
@@ -30,7 +31,7 @@ from pidm_fem.training.config import (
     trained_configuration,
 )
 from pidm_fem.training.ema import EMA
-from pidm_fem.training.trainer import Trainer, TrainingDiverged
+from pidm_fem.training.trainer import Trainer, TrainingDiverged, learning_rate
 
 # ---------------------------------------------------------------- configuration
 
@@ -308,21 +309,40 @@ def test_resume_equals_uninterrupted_training(tmp_path):
     assert _without_time(_log(tmp_path / "whole")) == _without_time(_log(tmp_path / "split"))
 
 
-def test_resume_after_a_crash_repeats_the_lost_steps(tmp_path):
-    whole, _ = _train(tmp_path / "whole", steps=8, checkpoint_every=3)
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_resume_after_a_crash_repeats_the_lost_steps(tmp_path, schedule):
+    whole, _ = _train(tmp_path / "whole", steps=8, checkpoint_every=3, lr_schedule=schedule)
 
     def crash(record):
         if record.step == 5:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        _train(tmp_path / "crash", steps=8, checkpoint_every=3, callback=crash)
+        _train(tmp_path / "crash", steps=8, checkpoint_every=3, callback=crash, lr_schedule=schedule)
     assert load_checkpoint(tmp_path / "crash" / "last.pt").step == 3
     assert _log(tmp_path / "crash")[-1]["step"] == 4  # lines beyond the checkpoint were written
-    resumed, _ = _train(tmp_path / "crash", steps=8, checkpoint_every=3)
+    resumed, _ = _train(tmp_path / "crash", steps=8, checkpoint_every=3, lr_schedule=schedule)
     _assert_same_state(whole, resumed)
     steps = [(line["split"], line["step"]) for line in _log(tmp_path / "crash")]
     assert steps == [(line["split"], line["step"]) for line in _log(tmp_path / "whole")]
+
+
+def test_learning_rate_schedules():
+    constant = _config(10).training
+    assert [learning_rate(constant, step) for step in (1, 5, 10)] == [1e-2] * 3
+    cosine = _config(10, lr_schedule="cosine").training
+    rates = [learning_rate(cosine, step) for step in range(1, 11)]
+    assert rates[0] == 1e-2 and rates[5] == pytest.approx(0.5e-2)  # step 6 is half-way: cos(pi / 2) = 0
+    assert all(a > b for a, b in zip(rates, rates[1:])) and rates[-1] > 0
+    assert rates[-1] == pytest.approx(1e-2 * (1 - math.cos(math.pi / 10)) / 2)
+
+
+def test_cosine_schedule_reaches_the_optimiser_and_the_log(tmp_path):
+    trainer, _ = _train(tmp_path, steps=8, lr_schedule="cosine")
+    logged = [line["lr"] for line in _log(tmp_path) if line["split"] == "train"]
+    assert logged == [learning_rate(trainer.config.training, step) for step in (2, 4, 6, 8)]
+    with pytest.raises(CheckpointError, match=r"training\.lr_schedule differ"):
+        Trainer(_model(), _toy_loss, _data(12, seed=1), _config(8), tmp_path, mesh_fingerprint="mesh-1")
 
 
 def test_log_lines_have_the_expected_keys(tmp_path):

@@ -11,7 +11,7 @@ from pidm_fem.training.config import (
     trained_configuration,
 )
 from pidm_fem.training.ema import EMA
-from pidm_fem.training.trainer import StepRecord, Trainer, TrainingDiverged, TrainingSummary
+from pidm_fem.training.trainer import StepRecord, Trainer, TrainingDiverged, TrainingSummary, learning_rate
 
 __all__ = [
     "Checkpoint",
@@ -29,5 +29,6 @@ __all__ = [
     "load_config",
     "save_checkpoint",
     "save_config",
+    "learning_rate",
     "trained_configuration",
 ]

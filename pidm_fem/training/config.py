@@ -185,8 +185,12 @@ class DiffusionConfig(_Section):
 
 @dataclass(frozen=True)
 class TrainingConfig(_Section):
-    """The optimisation loop: steps, batch, Adam, clipping, EMA, intervals, seed and device.
+    """The optimisation loop: steps, batch, Adam and its learning rate, clipping, EMA, intervals, seed and device.
 
+    ``lr_schedule`` "constant" keeps ``lr`` at every step; "cosine" takes it from ``lr`` at
+    the first step down a half cosine that would reach 0 one step after ``steps``
+    (a function of the step alone, so a resumed run continues it exactly; resuming with more
+    ``steps`` stretches the rest of the curve, raising the learning rate again).
     ``val_every`` and ``checkpoint_every`` of 0 mean only at the end;
     ``keep_every`` > 0 also keeps a step-numbered checkpoint every that many steps.
     """
@@ -195,6 +199,7 @@ class TrainingConfig(_Section):
     steps: int = _key(10000, _at_least(1))
     batch_size: int = _key(32, _at_least(1))
     lr: float = _key(1e-4, _above(0))
+    lr_schedule: Literal["constant", "cosine"] = _key("constant")
     grad_clip: float = _key(1.0, _above(0))
     ema_decay: float = _key(0.99, _in_interval(0, 1, closed_high=False))
     ema_start: int = _key(1000, _at_least(0))

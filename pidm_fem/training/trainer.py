@@ -43,7 +43,7 @@ from pidm_fem.training.checkpoint import (
     restore_rng_state,
     save_run_checkpoint,
 )
-from pidm_fem.training.config import RunConfig, config_to_dict, trained_configuration
+from pidm_fem.training.config import RunConfig, TrainingConfig, config_to_dict, trained_configuration
 from pidm_fem.training.ema import EMA
 
 __all__ = [
@@ -55,6 +55,7 @@ __all__ = [
     "TrainingSummary",
     "TrainingDiverged",
     "Trainer",
+    "learning_rate",
 ]
 
 LOG = "log.jsonl"
@@ -165,6 +166,26 @@ class EpochSampler:
         if len(order) not in (0, self.n_rows):
             raise ValueError(f"the checkpoint was trained on {len(order)} rows, got {self.n_rows}")
         self.order, self.cursor = order.clone(), int(state["cursor"])
+
+
+def learning_rate(settings: TrainingConfig, step: int) -> float:
+    """The learning rate of optimiser step ``step`` (1-based) under ``settings.lr_schedule``.
+
+    Parameters
+    ----------
+    settings
+        The training section: ``lr``, ``lr_schedule`` and ``steps``.
+    step
+        The step, from 1 to ``settings.steps``.
+
+    Returns
+    -------
+    float
+        ``lr`` ("constant"), or ``lr * (1 + cos(pi * (step - 1) / steps)) / 2`` ("cosine").
+    """
+    if settings.lr_schedule == "cosine":
+        return settings.lr * 0.5 * (1.0 + math.cos(math.pi * (step - 1) / settings.steps))
+    return settings.lr
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -383,6 +404,8 @@ class Trainer:
             raise self._diverged(step, f"loss is {value}", components)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(self.config.training, step)
         grad_norm = float(nn.utils.clip_grad_norm_(self._parameters, self.config.training.grad_clip))
         if not math.isfinite(grad_norm):
             raise self._diverged(step, f"gradient norm is {grad_norm}", components)
