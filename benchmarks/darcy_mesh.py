@@ -169,6 +169,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_model_arguments(parser)
     parser.add_argument("--expert-steps", type=int, default=None,
                         help="training steps of the low-noise experts (default: those of the other methods)")
+    parser.add_argument("--expert-start", choices=("scratch", "full_range"), default=None,
+                        help="first weights of the low-noise experts: a fresh network (default) or a copy of "
+                             "their full-range model's")
     parser.add_argument("--lr-schedule", choices=("constant", "cosine"), default=None,
                         help="learning-rate schedule of every method (default: constant)")
     parser.add_argument("--expert-lr-schedule", choices=("constant", "cosine"), default=None,
@@ -265,8 +268,8 @@ def base_config(args: argparse.Namespace) -> dict:
     ``args`` holds ``mode``, ``device`` and ``steps`` and any of the :data:`OVERRIDES` options
     (another tool's parser may define a subset of them; a missing or None one keeps the mode's value).
     ``--expert-steps`` and ``--expert-lr-schedule`` add training keys of the low-noise experts
-    as the extra section ``darcy_methods.EXPERT_TRAINING``, which ``darcy_methods.method_config``
-    applies to them.
+    as the extra section ``darcy_methods.EXPERT_TRAINING``, ``--expert-start`` a diffusion key as
+    ``darcy_methods.EXPERT_DIFFUSION``; ``darcy_methods.method_config`` applies them to the experts.
     """
     config = {section: dict(values) for section, values in MODES[args.mode]["config"].items()}
     config["training"]["device"] = args.device
@@ -284,6 +287,10 @@ def base_config(args: argparse.Namespace) -> dict:
         from darcy_methods import EXPERT_TRAINING
 
         config[EXPERT_TRAINING] = expert_training
+    if getattr(args, "expert_start", None) is not None:
+        from darcy_methods import EXPERT_DIFFUSION
+
+        config[EXPERT_DIFFUSION] = {"expert_start": args.expert_start}
     return config
 
 

@@ -60,6 +60,8 @@ TRAINED = {
 }
 #: the extra section of darcy_mesh's base configuration with the experts' training keys
 EXPERT_TRAINING = "expert_training"
+#: the extra section of darcy_mesh's base configuration with the experts' own diffusion keys
+EXPERT_DIFFUSION = "expert_diffusion"
 #: first timestep of the full-range model under a low-noise expert (docs/darcy_studies.md, "A low-noise expert":
 #: at the quick scale t < 10 did as well as t < 20 and better than t < 30)
 EXPERT_BELOW = 10
@@ -108,19 +110,21 @@ def method_config(base: dict, method: str):
     diffusion keys that ``base`` leaves unset (so a command-line option still wins). The
     trajectory states of an expert (:data:`EXPERT_OF`) are drawn, unless ``base`` says
     otherwise, by chains of the sampler's length (its DDIM steps, or T for DDPM), and
-    its training keys are updated from ``base``'s extra section ``expert_training``
-    (darcy_mesh's ``--expert-steps``), which the other methods ignore.
+    its training and diffusion keys are updated from ``base``'s extra sections
+    :data:`EXPERT_TRAINING` and :data:`EXPERT_DIFFUSION` (darcy_mesh's ``--expert-steps``,
+    ``--expert-lr-schedule`` and ``--expert-start``), which the other methods ignore.
     """
     sections = copy.deepcopy(base)
-    expert_training = sections.pop(EXPERT_TRAINING, {})
-    if method in EXPERT_OF:
-        sections["training"] = {**sections.get("training", {}), **expert_training}
+    expert_training, expert_diffusion = sections.pop(EXPERT_TRAINING, {}), sections.pop(EXPERT_DIFFUSION, {})
+    if method not in EXPERT_OF:
+        expert_training, expert_diffusion = {}, {}
+    sections["training"] = {**sections.get("training", {}), **expert_training}
     defaults = dict(DEFAULTS.get(method, {}))
     if method in EXPERT_OF and "trajectory_steps" in defaults:
         sampling = config_from_dict({"sampling": sections.get("sampling", {})}).sampling
         T = config_from_dict({"diffusion": sections.get("diffusion", {})}).diffusion.T
         defaults["trajectory_steps"] = sampling.ddim_steps if sampling.sampler == "ddim" else T
-    sections["diffusion"] = {**defaults, **sections.get("diffusion", {}), **TRAINED[method]}
+    sections["diffusion"] = {**defaults, **sections.get("diffusion", {}), **expert_diffusion, **TRAINED[method]}
     return config_from_dict(sections, source=f"<{method}>")
 
 
@@ -184,10 +188,10 @@ def balanced_groups(methods: list[str], jobs: int) -> list[list[str]]:
     """The trained methods of ``methods`` split into at most ``jobs`` groups of similar cost.
 
     The methods of :data:`COEFFICIENT_OF` are left out: they need a model of another
-    group, and train after them all (:func:`train_all`). A low-noise expert stays in its full-range method's group, after it, when both are
-    in ``methods`` (it trains from that run). Costliest first, each method with its
-    expert to the group with the least cost so far (:data:`STEP_COST`); empty groups are
-    dropped.
+    group, and train after them all (:func:`train_all`). A low-noise expert stays in its
+    full-range method's group, after it, when both are in ``methods`` (it trains from that
+    run). Costliest first, each method with its expert to the group with the least cost so
+    far (:data:`STEP_COST`); empty groups are dropped.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")

@@ -127,7 +127,8 @@ def sample_with_expert(args, config, mesh, out: Path, method: str, expert) -> di
     full = DarcyExperiment(config, mesh, data_dir=out / "data", run_dir=run_dir)
     n_samples = args.n_samples or MODES[args.mode]["n_samples"]
     runs = {}
-    for name, wrap in ((method, None), (f"{method}+expert", lambda model, _: TimestepExperts(expert, model, args.t_max))):
+    with_expert = (f"{method}+expert", lambda model, _: TimestepExperts(expert, model, args.t_max))
+    for name, wrap in ((method, None), with_expert):
         start = time.perf_counter()
         rows = full.sample(n_samples, seed=1, wrap=wrap)
         runs[name] = {"rows": rows, "seconds_per_step": seconds_per_step(run_dir / LOG),

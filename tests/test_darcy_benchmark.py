@@ -103,7 +103,7 @@ def test_every_override_option_reaches_its_configuration_key():
     from darcy_mesh import OVERRIDES, base_config, parse_args
 
     values = {"width": "24", "field_views": None, "gradient_views": None, "input_products": None,
-              "output_modes": "7", "c_residual": "0.5", "representation": "nodal",
+              "output_modes": "7", "lr_schedule": "cosine", "c_residual": "0.5", "representation": "nodal",
               "prediction": "x0",
               "physics_t_fraction": "0.25", "residual": "weak", "residual_gradient": "all", "sample_steps": "3",
               "min_snr_gamma": "50", "c_state": "2", "state_on": "trajectory", "trajectory_every": "5",
@@ -155,6 +155,9 @@ def test_each_expert_trains_its_models_loss_below_the_split_with_the_samplers_ch
     cosine_experts = base_config(parse_args(["--expert-lr-schedule", "cosine"]))
     assert [method_config(cosine_experts, m).training.lr_schedule for m in ("ddpm", "pidm_trajectory_expert")] == [
         "constant", "cosine"]
+    warm = base_config(parse_args(["--expert-start", "full_range"]))
+    assert [method_config(warm, m).diffusion.expert_start for m in ("pidm_trajectory", "pidm_trajectory_expert")] == [
+        "scratch", "full_range"]
     cosine = base_config(parse_args(["--lr-schedule", "cosine", "--expert-lr-schedule", "constant"]))
     assert [method_config(cosine, m).training.lr_schedule for m in ("ddpm", "pidm_trajectory_expert")] == [
         "cosine", "constant"]

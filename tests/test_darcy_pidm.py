@@ -510,6 +510,12 @@ def test_a_low_noise_expert_trains_below_its_split_beside_the_frozen_model_and_s
     assert all(not p.requires_grad for p in fresh.high.parameters())
     rows = expert.sample(3, seed=1)
     assert rows.shape == (3, 2 * expert.fields.n_nodes) and np.all(np.isfinite(rows))
+    # diffusion.expert_start: full_range starts the expert as a copy of the full-range model
+    warm_config = dataclasses.replace(config, diffusion=dataclasses.replace(config.diffusion, expert_start="full_range"))
+    warm = DarcyExperiment(warm_config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path / "warm", progress=False)
+    warm_low = warm.trainer(high).model.low
+    for key, value in high.state_dict().items():
+        assert torch.equal(warm_low.state_dict()[key], value), key
 
     with pytest.raises(ConfigError, match="must be at most T = 20"):
         diffusion_loss(dataclasses.replace(config.diffusion, expert_below=21), expert.schedule,
@@ -574,6 +580,13 @@ def test_a_frozen_coefficient_run_trains_its_pressure_on_another_models_coeffici
     assert not torch.allclose(composed[t < 5, 0], other_estimate[t < 5, 0])
     rows = expert.sample(2, seed=1)
     assert rows.shape == (2, 2 * expert.fields.n_nodes) and np.all(np.isfinite(rows))
+    # diffusion.expert_start: full_range starts the expert (not the frozen coefficient) as the full-range model
+    warm_config = dataclasses.replace(config, diffusion=dataclasses.replace(config.diffusion, expert_start="full_range"))
+    warm = DarcyExperiment(warm_config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path / "warm", progress=False)
+    warm_model = warm.trainer(high, coefficient).model
+    warm_low = warm_model.base.low if steps == "all" else warm_model.low
+    for key, value in high.state_dict().items():
+        assert torch.equal(warm_low.state_dict()[key], value), key
     # a pair trained without a frozen coefficient, composed afterwards, has the trained composition's structure
     unfrozen = {**trajectory, "expert_below": 5}
     plain = DarcyExperiment(small_config(model={"width": 8}, diffusion=unfrozen), COARSE_MESH, data_dir=data_dir,

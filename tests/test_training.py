@@ -90,6 +90,11 @@ def test_load_config_from_yaml_text(tmp_path):
         ),
         ("training:\n  device: gpu\n", "training.device: must be a torch device such as 'cpu' or 'cuda:0', got 'gpu'"),
         ("sampling:\n  ddim_steps: 500\n", "sampling.ddim_steps: must be <= diffusion.T (100), got 500"),
+        (
+            "diffusion:\n  expert_start: full_range\n",
+            "diffusion.expert_start: 'full_range' needs an expert run (diffusion.expert_below > 0)",
+        ),
+        ("training:\n  lr_schedule: linear\n", "training.lr_schedule: must be one of 'constant', 'cosine'"),
         ("training: [1, 2]\n", "training: must be a mapping of keys to values, got list"),
         ("training:\n  lr: 0.1\n  lr: 0.2\n", "invalid YAML: duplicate key 'lr' (line 3, column 3)"),
         ("training: {lr: 0.1\n", "invalid YAML:"),

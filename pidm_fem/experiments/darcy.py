@@ -506,6 +506,12 @@ class DarcyExperiment:
             return model.high.base, model.high.other
         return (model.base.high if diffusion.expert_below else None), model.other
 
+    def _expert_part(self, model: nn.Module) -> nn.Module:
+        """The trained low-noise expert of :meth:`build_model`'s ``model`` (an expert run's)."""
+        diffusion = self.config.diffusion
+        pair = model.base if diffusion.frozen_coefficient and diffusion.frozen_coefficient_steps == "all" else model
+        return pair.low
+
     def _frozen_denoiser(self, normalizer: FieldNormalizer | None) -> nn.Module:
         return self._build_denoiser(normalizer).requires_grad_(False)
 
@@ -554,7 +560,8 @@ class DarcyExperiment:
             The full-range denoiser (normalised units, e.g. another run's
             :meth:`load_denoiser`) beside which a low-noise expert run
             (``diffusion.expert_below`` > 0) trains; its weights are copied into the pair,
-            frozen. Needed to start such a run; a resumed one has them in its checkpoint.
+            frozen (and, with ``diffusion.expert_start: full_range``, into the expert as its
+            first weights). Needed to start such a run; a resumed one has them in its checkpoint.
         coefficient
             The denoiser (same units) whose coefficient estimate a run with
             ``diffusion.frozen_coefficient`` trains and samples with; copied, frozen, and
@@ -593,6 +600,8 @@ class DarcyExperiment:
                      "a full-range run (diffusion.expert_below: 0) trains no expert beside a frozen model",
                      f"diffusion.expert_below: the expert run {self.run_dir} starts from a full-range denoiser, "
                      f"and none was given")
+        if diffusion.expert_start == "full_range" and not resumed:
+            self._expert_part(model).load_state_dict(high.state_dict())
         _copy_frozen(coefficient_part, coefficient, resumed,
                      "a run without diffusion.frozen_coefficient takes no coefficient model",
                      f"diffusion.frozen_coefficient: the run {self.run_dir} starts from the denoiser of its "

@@ -152,7 +152,9 @@ class DiffusionConfig(_Section):
     every step of training and sampling, from a frozen denoiser of another run; the
     run's own network learns the other fields. With ``frozen_coefficient_steps: high``
     (an expert only) it does so at the full-range model's steps ``t >= expert_below``
-    only, and the expert estimates every field below.
+    only, and the expert estimates every field below. ``expert_start`` (an expert only)
+    is the expert network's first weights: "scratch" (a fresh network) or "full_range" (a
+    copy of the full-range denoiser's, which the expert then trains on its own steps).
     """
 
     name: ClassVar[str] = "diffusion"
@@ -176,6 +178,7 @@ class DiffusionConfig(_Section):
     trajectory_t_fraction: float = _key(0.5, _fraction)
     trajectory_eta: float = _key(0.0, _in_interval(0, 1, closed_high=True))
     expert_below: int = _key(0, _at_least(0))
+    expert_start: Literal["scratch", "full_range"] = _key("scratch")
     frozen_coefficient: bool = _key(False)
     frozen_coefficient_steps: Literal["all", "high"] = _key("all")
     c_eq: float = _key(0.0, _at_least(0))
@@ -240,6 +243,11 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         T = self.diffusion.T
+        if self.diffusion.expert_start != "scratch" and not self.diffusion.expert_below:
+            raise ConfigError(
+                f"diffusion.expert_start: {self.diffusion.expert_start!r} needs an expert run "
+                "(diffusion.expert_below > 0)"
+            )
         for key, value in (
             ("diffusion.sample_steps", self.diffusion.sample_steps),
             ("diffusion.trajectory_steps", self.diffusion.trajectory_steps),
