@@ -86,7 +86,7 @@ COCOGEN = {"cocogen_during": 5, "cocogen_step": 1e-3, "cocogen_line_search": Tru
 METHODS = ("ddpm", "pidm_mean", "pidm_sample", "physics_guided", "pidm_trajectory", "ddpm_expert",
            "pidm_trajectory_expert", "cocogen", "pidm_cocogen", "pidm_trajectory_cocogen",
            "pidm_trajectory_expert_ddpm_k", "pidm_trajectory_expert_ddpm_k_high", "pidm_trajectory_expert_on_ddpm_k",
-           "pidm_trajectory_expert_on_ddpm_k_high")
+           "pidm_trajectory_expert_on_ddpm_k_high", "pidm_trajectory_expert_given_ddpm_k")
 #: methods of --quick unless --methods says otherwise: the trajectory-state PIDM's training (2.6x DDPM's
 #: step) and the experts' (a second network per model) would take `make demo` past its 10 minutes
 QUICK_METHODS = tuple(m for m in METHODS if not (m.startswith("pidm_trajectory") or m.endswith("_expert")))
@@ -183,7 +183,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "--quick; cocogen and ddpm_expert need ddpm, pidm_cocogen pidm_mean, "
                              "pidm_trajectory_cocogen and pidm_trajectory_expert pidm_trajectory, "
                              "pidm_trajectory_expert_ddpm_k(_high) pidm_trajectory_expert and ddpm, "
-                             "pidm_trajectory_expert_on_ddpm_k(_high) pidm_trajectory and ddpm)")
+                             "pidm_trajectory_expert_on_ddpm_k(_high) and _given_ddpm_k pidm_trajectory and ddpm)")
     parser.add_argument("--c-residual", type=float, default=None, help="override the residual weight of PIDM")
     parser.add_argument("--output-modes", type=int, default=None,
                         help="confine each field of the clean estimate to the training data's leading principal "

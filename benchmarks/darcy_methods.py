@@ -27,7 +27,11 @@ only in the switches of the diffusion configuration:
   sampled inside that composition (``diffusion.frozen_coefficient``, DDPM's model frozen:
   :data:`COEFFICIENT_OF`), so that its trajectory states and its physics terms meet DDPM's K;
 * ``pidm_trajectory_expert_on_ddpm_k_high``: the same inside the ``_high`` composition, DDPM's
-  K at the full-range steps only, the expert's own K below.
+  K at the full-range steps only, the expert's own K below;
+* ``pidm_trajectory_expert_given_ddpm_k``: ``pidm_trajectory_expert_on_ddpm_k`` whose expert
+  network sees DDPM's clean estimate of K in place of the noisy K (``diffusion.coefficient_input:
+  estimate``, :data:`COEFFICIENT_INPUT`): the pressure of a conditional model, given the K it
+  is composed with.
 """
 
 from __future__ import annotations
@@ -68,14 +72,20 @@ EXPERT_BELOW = 10
 #: low-noise experts: the full-range method each trains beside (frozen) and is sampled with
 EXPERT_OF = {"ddpm_expert": "ddpm", "pidm_trajectory_expert": "pidm_trajectory",
              "pidm_trajectory_expert_on_ddpm_k": "pidm_trajectory",
-             "pidm_trajectory_expert_on_ddpm_k_high": "pidm_trajectory"}
+             "pidm_trajectory_expert_on_ddpm_k_high": "pidm_trajectory",
+             "pidm_trajectory_expert_given_ddpm_k": "pidm_trajectory"}
 #: trained methods whose coefficient (K) estimate is, in training and sampling, that of another trained
 #: method's model, frozen (``diffusion.frozen_coefficient``), at the steps ``diffusion.frozen_coefficient_steps``
 #: (all, or the full-range model's only): the method and the steps; they train after every other method
 COEFFICIENT_OF = {"pidm_trajectory_expert_on_ddpm_k": ("ddpm", "all"),
-                  "pidm_trajectory_expert_on_ddpm_k_high": ("ddpm", "high")}
+                  "pidm_trajectory_expert_on_ddpm_k_high": ("ddpm", "high"),
+                  "pidm_trajectory_expert_given_ddpm_k": ("ddpm", "all")}
+#: methods of :data:`COEFFICIENT_OF` whose own network sees the frozen model's clean coefficient estimate
+#: in place of the noisy coefficient (``diffusion.coefficient_input: estimate``)
+COEFFICIENT_INPUT = ("pidm_trajectory_expert_given_ddpm_k",)
 TRAINED.update({expert: TRAINED[run] for expert, run in EXPERT_OF.items()})
-TRAINED.update({m: {**TRAINED[m], "frozen_coefficient": True, "frozen_coefficient_steps": steps}
+TRAINED.update({m: {**TRAINED[m], "frozen_coefficient": True, "frozen_coefficient_steps": steps,
+                    "coefficient_input": "estimate" if m in COEFFICIENT_INPUT else "noisy"}
                 for m, (_, steps) in COEFFICIENT_OF.items()})
 #: diffusion keys of ``pidm_trajectory`` where the run's configuration leaves them unset (the options of the
 #: README's "Trajectory states in the default mode": chains of 10 DDIM steps drawn every 25 training steps,

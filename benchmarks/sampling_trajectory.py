@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 #: trained methods whose denoiser takes no condition channels (physics-guided needs its guidance)
 UNCONDITIONED = ("ddpm", "pidm_mean", "pidm_sample", "pidm_trajectory", "ddpm_expert", "pidm_trajectory_expert",
-                 "pidm_trajectory_expert_on_ddpm_k", "pidm_trajectory_expert_on_ddpm_k_high")
+                 "pidm_trajectory_expert_on_ddpm_k", "pidm_trajectory_expert_on_ddpm_k_high",
+                 "pidm_trajectory_expert_given_ddpm_k")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

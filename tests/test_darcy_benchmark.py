@@ -69,7 +69,7 @@ def test_smoke_run_writes_every_output(tmp_path):
     traced = json.loads((out / "trajectory" / "trajectory.json").read_text())
     assert set(traced["methods"]) == {"ddpm", "pidm_mean", "pidm_sample", "pidm_trajectory", "ddpm_expert",
                                       "pidm_trajectory_expert", "pidm_trajectory_expert_on_ddpm_k",
-                                      "pidm_trajectory_expert_on_ddpm_k_high"}
+                                      "pidm_trajectory_expert_on_ddpm_k_high", "pidm_trajectory_expert_given_ddpm_k"}
     for method, curves in traced["methods"].items():
         times = list(curves["sampling_estimate"])
         assert times == list(curves["noised_data_estimate"]) == list(curves["noised_data"]) and len(times) >= 3
@@ -88,7 +88,7 @@ def test_sampling_trajectory_without_runs_is_a_one_line_error(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"sampling_trajectory: error: {tmp_path / 'runs'}: no trained run of ddpm, pidm_mean, pidm_sample, "
         "pidm_trajectory, ddpm_expert, pidm_trajectory_expert, pidm_trajectory_expert_on_ddpm_k, "
-        "pidm_trajectory_expert_on_ddpm_k_high"]
+        "pidm_trajectory_expert_on_ddpm_k_high, pidm_trajectory_expert_given_ddpm_k"]
 
 
 def test_sampling_trajectory_traces_every_trained_method_without_condition_channels():
@@ -193,6 +193,9 @@ def test_an_expert_on_another_models_coefficient_freezes_it_and_trains_after_the
         ours = method_config(base, f"pidm_trajectory_expert_on_ddpm_k{suffix}").diffusion
         assert ours == dataclasses.replace(theirs, frozen_coefficient=True, frozen_coefficient_steps=steps)
         assert needed_methods(f"pidm_trajectory_expert_on_ddpm_k{suffix}") == ("pidm_trajectory", "ddpm")
+    given = method_config(base, "pidm_trajectory_expert_given_ddpm_k").diffusion
+    assert given == dataclasses.replace(theirs, frozen_coefficient=True, coefficient_input="estimate")
+    assert needed_methods("pidm_trajectory_expert_given_ddpm_k") == ("pidm_trajectory", "ddpm")
     # left to the sequential train_all, which runs after every other method has finished: no process is started
     train_in_parallel(base, ["ddpm", *COEFFICIENT_OF], ROOT / "meshes" / "unit_square_r0.msh", tmp_path, 1, 2, False)
     assert not any(tmp_path.iterdir())

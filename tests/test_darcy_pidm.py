@@ -525,18 +525,31 @@ def test_a_low_noise_expert_trains_below_its_split_beside_the_frozen_model_and_s
                        expert.fit_normalizer(), expert.residual)
 
 
+#: the trajectory-state keys of the tiny expert runs
+TINY_TRAJECTORY = {"c_state": 1.0, "trajectory_every": 2, "trajectory_steps": 4, "trajectory_t_fraction": 0.5}
+
+
+@pytest.fixture(scope="module")
+def full_range_and_ddpm_runs(data_dir, tmp_path_factory):
+    """Two finished tiny runs: a full-range PIDM-trajectory model and a DDPM model (experiments by name)."""
+    runs = {}
+    for name, diffusion in (("full", TINY_TRAJECTORY), ("ddpm", {"method": "ddpm"})):
+        config = small_config(model={"width": 8}, diffusion=diffusion, training={"steps": 4, "batch_size": 2})
+        runs[name] = DarcyExperiment(config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path_factory.mktemp(name),
+                                     progress=False)
+        runs[name].train()
+    return runs
+
+
 @pytest.mark.parametrize("steps", ["all", "high"])
-def test_a_frozen_coefficient_run_trains_its_pressure_on_another_models_coefficient(data_dir, tmp_path, steps):
+def test_a_frozen_coefficient_run_trains_its_pressure_on_another_models_coefficient(
+    data_dir, tmp_path, full_range_and_ddpm_runs, steps
+):
     """diffusion.frozen_coefficient: K's estimate is the frozen model's at every step (or at the full-range
     model's steps only, the expert's own below); the run learns p, and with "high" K below the split too."""
     from pidm_fem.diffusion import ChannelExperts, TimestepExperts
 
-    trajectory = {"c_state": 1.0, "trajectory_every": 2, "trajectory_steps": 4, "trajectory_t_fraction": 0.5}
-    runs = {}
-    for name, diffusion in (("full", trajectory), ("ddpm", {"method": "ddpm"})):
-        config = small_config(model={"width": 8}, diffusion=diffusion, training={"steps": 4, "batch_size": 2})
-        runs[name] = DarcyExperiment(config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path / name, progress=False)
-        runs[name].train()
+    trajectory, runs = TINY_TRAJECTORY, full_range_and_ddpm_runs
     high, _ = runs["full"].load_denoiser()
     coefficient, _ = runs["ddpm"].load_denoiser()
 
@@ -601,3 +614,51 @@ def test_a_frozen_coefficient_run_trains_its_pressure_on_another_models_coeffici
     alone = small_config(model={"width": 8}, diffusion={"frozen_coefficient": True, "frozen_coefficient_steps": "high"})
     with pytest.raises(ConfigError, match="frozen_coefficient_steps: 'high' needs a low-noise expert"):
         DarcyExperiment(alone, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path / "alone", progress=False).build_model()
+
+
+def test_an_expert_given_the_frozen_coefficient_estimate_sees_it_in_place_of_the_noisy_coefficient(
+    data_dir, tmp_path, full_range_and_ddpm_runs
+):
+    """diffusion.coefficient_input: estimate: the expert network's K input is the frozen model's clean
+    estimate, the same module as the composition's K (so trained and sampled consistently)."""
+    from pidm_fem.diffusion import EstimatedChannelInputs
+
+    high, _ = full_range_and_ddpm_runs["full"].load_denoiser()
+    coefficient, _ = full_range_and_ddpm_runs["ddpm"].load_denoiser()
+    given = {**TINY_TRAJECTORY, "expert_below": 5, "frozen_coefficient": True, "coefficient_input": "estimate"}
+    config = small_config(model={"width": 8}, diffusion=given, training={"steps": 4, "batch_size": 2})
+    expert = DarcyExperiment(config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path / "given", progress=False)
+    fresh = expert.build_model()
+    assert isinstance(fresh.base.low, EstimatedChannelInputs) and fresh.base.low.estimator is fresh.other
+    assert sum(p.numel() for p in fresh.parameters() if p.requires_grad) == sum(
+        p.numel() for p in fresh.base.low.network.parameters())
+    summary = expert.train(high, coefficient)
+    assert summary.components["state"] > 0
+
+    model, _ = expert.load_denoiser()
+    low, other = model.base.low, model.other
+    assert low.estimator is other and low.channels == expert.coefficient_channels() == (1,)
+    for key, value in coefficient.state_dict().items():
+        assert torch.equal(other.state_dict()[key], value), key
+    x, t = torch.randn(3, 2, expert.fields.n_nodes), torch.tensor([1, 4, 12])
+    with torch.no_grad():
+        composed, other_estimate = model(x, t), coefficient(x, t)
+        given_input = torch.stack([x[:, 0], other_estimate[:, 1]], dim=1)
+        own_given, own_noisy = low.network(given_input, t), low.network(x, t)
+    torch.testing.assert_close(composed[:, 1], other_estimate[:, 1], rtol=0, atol=1e-6)
+    torch.testing.assert_close(composed[t < 5, 0], own_given[t < 5, 0], rtol=0, atol=1e-6)
+    assert not torch.allclose(own_given[t < 5, 0], own_noisy[t < 5, 0])  # the input it sees is not x's K
+    rows = expert.sample(2, seed=1)
+    assert rows.shape == (2, 2 * expert.fields.n_nodes) and np.all(np.isfinite(rows))
+    # the warm start copies the full-range model into the expert network, not around it
+    warm_config = dataclasses.replace(config, diffusion=dataclasses.replace(config.diffusion, expert_start="full_range"))
+    warm = DarcyExperiment(warm_config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path / "warm", progress=False)
+    warm_network = warm.trainer(high, coefficient).model.base.low.network
+    for key, value in high.state_dict().items():
+        assert torch.equal(warm_network.state_dict()[key], value), key
+
+    for diffusion in ({"coefficient_input": "estimate"},
+                      {"expert_below": 5, "frozen_coefficient": True, "frozen_coefficient_steps": "high",
+                       "coefficient_input": "estimate"}):
+        with pytest.raises(ConfigError, match="coefficient_input: 'estimate' needs a frozen coefficient at every step"):
+            small_config(diffusion=diffusion)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from pidm_fem.diffusion.estimates import noised_data_estimates
-from pidm_fem.diffusion.experts import ChannelExperts, TimestepExperts
+from pidm_fem.diffusion.experts import ChannelExperts, EstimatedChannelInputs, TimestepExperts
 from pidm_fem.diffusion.guidance import CoCoGenCorrector, PhysicsGuidedConditioning
 from pidm_fem.diffusion.input_views import LinearViewInputs, spectral_norm_estimate
 from pidm_fem.diffusion.losses import PIDMLoss
@@ -834,3 +834,20 @@ def test_channel_experts_take_the_named_channels_from_the_other_denoiser():
     for channels in ((), (1, 1), (-1,), (True,)):
         with pytest.raises(ValueError, match="channels must be distinct non-negative integers"):
             ChannelExperts(base, other, channels)
+
+
+def test_estimated_channel_inputs_hand_the_network_the_estimate_of_the_named_channels():
+    network, estimator = _Recorder(2.0), _Recorder(-3.0)
+    given = EstimatedChannelInputs(network, estimator, (1,))
+    x, cond, t = torch.randn(4, 3, 6, requires_grad=True), torch.randn(4, 1, 6), torch.tensor([0, 5, 17, 99])
+    out = given(x, t, cond=cond)
+    torch.testing.assert_close(out[:, [0, 2]], 2.0 * x[:, [0, 2]])
+    torch.testing.assert_close(out[:, 1], 2.0 * -3.0 * x[:, 1])  # the network saw the estimate, -3 x
+    for recorder in (network, estimator):
+        assert torch.equal(recorder.calls[0][0], t) and torch.equal(recorder.calls[0][1], cond)
+    out[:, 1].sum().backward()  # the gradient reaches x through the estimate
+    torch.testing.assert_close(x.grad[:, 1], torch.full((4, 6), -6.0))
+    with pytest.raises(ValueError, match="out of range for 3 channels"):
+        EstimatedChannelInputs(network, estimator, (3,))(x, t)
+    with pytest.raises(ValueError, match="channels must be distinct non-negative integers"):
+        EstimatedChannelInputs(network, estimator, (0, 0))

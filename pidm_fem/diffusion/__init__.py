@@ -8,7 +8,7 @@ normalised units; physics enters as differentiable callables on physical samples
 from __future__ import annotations
 
 from pidm_fem.diffusion.estimates import noised_data_estimates
-from pidm_fem.diffusion.experts import ChannelExperts, TimestepExperts
+from pidm_fem.diffusion.experts import ChannelExperts, EstimatedChannelInputs, TimestepExperts
 from pidm_fem.diffusion.guidance import CoCoGenCorrector, PhysicsGuidedConditioning, Residual
 from pidm_fem.diffusion.input_views import LinearViewInputs
 from pidm_fem.diffusion.losses import Functional, PIDMLoss
@@ -24,6 +24,7 @@ __all__ = [
     "ChannelMap",
     "CoCoGenCorrector",
     "CosineSchedule",
+    "EstimatedChannelInputs",
     "FieldNormalizer",
     "FieldSubspaces",
     "Functional",

@@ -17,6 +17,25 @@ import torch
 from torch import nn
 
 
+def _checked_channels(channels: tuple[int, ...]) -> tuple[int, ...]:
+    """``channels`` as a tuple, or a ValueError unless they are distinct non-negative integers, at least one."""
+    channels = tuple(channels)
+    if not channels or len(set(channels)) != len(channels) or any(
+        not isinstance(c, int) or isinstance(c, bool) or c < 0 for c in channels
+    ):
+        raise ValueError(f"channels must be distinct non-negative integers, at least one, got {channels!r}")
+    return channels
+
+
+def _channel_mask(channels: tuple[int, ...], x: torch.Tensor) -> torch.Tensor:
+    """A (C, 1) boolean mask of ``channels`` among the channels of x (B, C, n), broadcastable against x."""
+    if max(channels) >= x.shape[1]:
+        raise ValueError(f"channels {channels} out of range for {x.shape[1]} channels")
+    mask = torch.zeros(x.shape[1], 1, dtype=torch.bool, device=x.device)
+    mask[list(channels)] = True
+    return mask
+
+
 class TimestepExperts(nn.Module):
     """``low(x, t)`` for the samples with ``t < split``, ``high(x, t)`` for the others.
 
@@ -69,20 +88,46 @@ class ChannelExperts(nn.Module):
 
     def __init__(self, base: nn.Module, other: nn.Module, channels: tuple[int, ...]):
         super().__init__()
-        channels = tuple(channels)
-        if not channels or len(set(channels)) != len(channels) or any(
-            not isinstance(c, int) or isinstance(c, bool) or c < 0 for c in channels
-        ):
-            raise ValueError(f"channels must be distinct non-negative integers, at least one, got {channels!r}")
-        self.base, self.other, self.channels = base, other, channels
+        self.base, self.other, self.channels = base, other, _checked_channels(channels)
 
     def forward(
         self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None, scalars: torch.Tensor | None = None
     ) -> torch.Tensor:
         """The composed clean estimates of x (B, C, n) at steps t (B,)."""
-        if max(self.channels) >= x.shape[1]:
-            raise ValueError(f"channels {self.channels} out of range for {x.shape[1]} channels")
-        from_other = torch.zeros(x.shape[1], 1, dtype=torch.bool, device=x.device)
-        from_other[list(self.channels)] = True
-        return torch.where(from_other, self.other(x, t, cond=cond, scalars=scalars),
+        return torch.where(_channel_mask(self.channels, x), self.other(x, t, cond=cond, scalars=scalars),
                            self.base(x, t, cond=cond, scalars=scalars))
+
+
+class EstimatedChannelInputs(nn.Module):
+    """``network`` applied to x whose channels ``channels`` are replaced by ``estimator``'s clean estimate.
+
+    A conditional denoiser in a cascade: where a :class:`ChannelExperts` composes the
+    network's estimate of the other fields with ``estimator``'s of ``channels``, the
+    network can only be consistent with that estimate if it sees it; through x_t it sees
+    a noisy copy, whose fine-scale derivatives the estimate does not share. Here it
+    receives the estimate itself in those channels (gradients flow through it to x, not
+    to ``estimator``'s parameters if they are frozen).
+
+    Parameters
+    ----------
+    network
+        x0-predicting denoiser ``network(x_t, t, cond=None, scalars=None)``; its estimate of
+        ``channels`` is that of a model shown a clean input there, meant to be discarded
+        (a :class:`ChannelExperts` with the same ``estimator`` and ``channels`` around it).
+    estimator
+        x0-predicting denoiser in the same normalised units, which sees x unchanged.
+    channels
+        Distinct non-negative channel indices whose input is replaced; at least one.
+    """
+
+    def __init__(self, network: nn.Module, estimator: nn.Module, channels: tuple[int, ...]):
+        super().__init__()
+        self.network, self.estimator, self.channels = network, estimator, _checked_channels(channels)
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None, scalars: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The network's clean estimate of x (B, C, n) at steps t (B,), given the estimator's of ``channels``."""
+        replaced = _channel_mask(self.channels, x)
+        estimate = self.estimator(x, t, cond=cond, scalars=scalars)
+        return self.network(torch.where(replaced, estimate, x), t, cond=cond, scalars=scalars)

@@ -44,6 +44,7 @@ from pidm_fem.diffusion import (
     ChannelExperts,
     CoCoGenCorrector,
     CosineSchedule,
+    EstimatedChannelInputs,
     FieldNormalizer,
     FieldSubspaces,
     Functional,
@@ -443,7 +444,10 @@ class DarcyExperiment:
         estimate comes from one more such denoiser, frozen (its weights from
         :meth:`trainer`'s ``coefficient`` or a checkpoint); with
         ``frozen_coefficient_steps: high`` that composition replaces the full-range
-        denoiser of the pair only. The global torch RNG is left as it was.
+        denoiser of the pair only; with ``coefficient_input: estimate`` the run's own
+        network sees that denoiser's clean estimate of K in place of the noisy K
+        (:class:`~pidm_fem.diffusion.EstimatedChannelInputs`, sharing the frozen module).
+        The global torch RNG is left as it was.
 
         Raises
         ------
@@ -458,11 +462,14 @@ class DarcyExperiment:
         if frozen and diffusion.method == "physics_guided":
             raise ConfigError("diffusion.frozen_coefficient: a physics-guided model's condition channels are its own")
         model = self._build_denoiser(normalizer)
+        coefficient = self._frozen_denoiser(normalizer) if frozen else None
+        if diffusion.coefficient_input == "estimate":
+            model = EstimatedChannelInputs(model, coefficient, self.coefficient_channels())
         if split:
             model = TimestepExperts(model, self._frozen_denoiser(normalizer), split)
         if not frozen:
             return model
-        return self.with_coefficient_of(model, self._frozen_denoiser(normalizer), diffusion.frozen_coefficient_steps)
+        return self.with_coefficient_of(model, coefficient, diffusion.frozen_coefficient_steps)
 
     def with_coefficient_of(self, model: nn.Module, coefficient: nn.Module, steps: str = "all") -> nn.Module:
         """``model`` whose coefficient (K) estimate is ``coefficient``'s, at the steps ``steps``.
@@ -507,10 +514,11 @@ class DarcyExperiment:
         return (model.base.high if diffusion.expert_below else None), model.other
 
     def _expert_part(self, model: nn.Module) -> nn.Module:
-        """The trained low-noise expert of :meth:`build_model`'s ``model`` (an expert run's)."""
+        """The trained low-noise expert network of :meth:`build_model`'s ``model`` (an expert run's), without
+        the coefficient estimator that ``coefficient_input: estimate`` hands it."""
         diffusion = self.config.diffusion
         pair = model.base if diffusion.frozen_coefficient and diffusion.frozen_coefficient_steps == "all" else model
-        return pair.low
+        return pair.low.network if diffusion.coefficient_input == "estimate" else pair.low
 
     def _frozen_denoiser(self, normalizer: FieldNormalizer | None) -> nn.Module:
         return self._build_denoiser(normalizer).requires_grad_(False)

@@ -155,6 +155,10 @@ class DiffusionConfig(_Section):
     only, and the expert estimates every field below. ``expert_start`` (an expert only)
     is the expert network's first weights: "scratch" (a fresh network) or "full_range" (a
     copy of the full-range denoiser's, which the expert then trains on its own steps).
+    ``coefficient_input`` (with ``frozen_coefficient`` at every step) is what the run's own
+    network sees of the coefficient fields: "noisy" (their channels of x_t, as every
+    denoiser) or "estimate" (the frozen denoiser's clean estimate in their place, the
+    coefficient its estimate of the other fields is composed with).
     """
 
     name: ClassVar[str] = "diffusion"
@@ -181,6 +185,7 @@ class DiffusionConfig(_Section):
     expert_start: Literal["scratch", "full_range"] = _key("scratch")
     frozen_coefficient: bool = _key(False)
     frozen_coefficient_steps: Literal["all", "high"] = _key("all")
+    coefficient_input: Literal["noisy", "estimate"] = _key("noisy")
     c_eq: float = _key(0.0, _at_least(0))
     c_ineq: float = _key(0.0, _at_least(0))
     lambda_opt: float = _key(0.0, _at_least(0))
@@ -247,6 +252,13 @@ class RunConfig:
             raise ConfigError(
                 f"diffusion.expert_start: {self.diffusion.expert_start!r} needs an expert run "
                 "(diffusion.expert_below > 0)"
+            )
+        if self.diffusion.coefficient_input == "estimate" and not (
+            self.diffusion.frozen_coefficient and self.diffusion.frozen_coefficient_steps == "all"
+        ):
+            raise ConfigError(
+                "diffusion.coefficient_input: 'estimate' needs a frozen coefficient at every step "
+                "(frozen_coefficient: true, frozen_coefficient_steps: all)"
             )
         for key, value in (
             ("diffusion.sample_steps", self.diffusion.sample_steps),
