@@ -169,6 +169,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_model_arguments(parser)
     parser.add_argument("--expert-steps", type=int, default=None,
                         help="training steps of the low-noise experts (default: those of the other methods)")
+    parser.add_argument("--expert-width", type=int, default=None,
+                        help="width of the low-noise experts' own networks (default: the model's width)")
     parser.add_argument("--expert-start", choices=("scratch", "full_range"), default=None,
                         help="first weights of the low-noise experts: a fresh network (default) or a copy of "
                              "their full-range model's")
@@ -267,9 +269,9 @@ def base_config(args: argparse.Namespace) -> dict:
 
     ``args`` holds ``mode``, ``device`` and ``steps`` and any of the :data:`OVERRIDES` options
     (another tool's parser may define a subset of them; a missing or None one keeps the mode's value).
-    ``--expert-steps`` and ``--expert-lr-schedule`` add training keys of the low-noise experts
-    as the extra section ``darcy_methods.EXPERT_TRAINING``, ``--expert-start`` a diffusion key as
-    ``darcy_methods.EXPERT_DIFFUSION``; ``darcy_methods.method_config`` applies them to the experts.
+    ``--expert-width``, ``--expert-steps``, ``--expert-lr-schedule`` and ``--expert-start`` add model,
+    training and diffusion keys of the low-noise experts as the extra sections
+    ``darcy_methods.EXPERT_SECTIONS``; ``darcy_methods.method_config`` applies them to the experts.
     """
     config = {section: dict(values) for section, values in MODES[args.mode]["config"].items()}
     config["training"]["device"] = args.device
@@ -278,19 +280,19 @@ def base_config(args: argparse.Namespace) -> dict:
             config[section][key] = getattr(args, option)
     if args.steps is not None:
         config["training"].update(training_length(config["training"], args.steps))
-    expert_training = {}
+    expert = {"model": {}, "training": {}, "diffusion": {}}
+    if getattr(args, "expert_width", None) is not None:
+        expert["model"]["expert_width"] = args.expert_width
     if getattr(args, "expert_steps", None) is not None:
-        expert_training.update(training_length(config["training"], args.expert_steps))
+        expert["training"].update(training_length(config["training"], args.expert_steps))
     if getattr(args, "expert_lr_schedule", None) is not None:
-        expert_training["lr_schedule"] = args.expert_lr_schedule
-    if expert_training:
-        from darcy_methods import EXPERT_TRAINING
-
-        config[EXPERT_TRAINING] = expert_training
+        expert["training"]["lr_schedule"] = args.expert_lr_schedule
     if getattr(args, "expert_start", None) is not None:
-        from darcy_methods import EXPERT_DIFFUSION
+        expert["diffusion"]["expert_start"] = args.expert_start
+    if any(expert.values()):
+        from darcy_methods import EXPERT_SECTIONS
 
-        config[EXPERT_DIFFUSION] = {"expert_start": args.expert_start}
+        config.update({extra: expert[target] for extra, target in EXPERT_SECTIONS.items() if expert[target]})
     return config
 
 

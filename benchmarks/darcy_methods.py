@@ -62,10 +62,8 @@ TRAINED = {
     "physics_guided": {"method": "physics_guided"},
     "pidm_trajectory": {"method": "pidm", "x0_estimation": "mean"},
 }
-#: the extra section of darcy_mesh's base configuration with the experts' training keys
-EXPERT_TRAINING = "expert_training"
-#: the extra section of darcy_mesh's base configuration with the experts' own diffusion keys
-EXPERT_DIFFUSION = "expert_diffusion"
+#: the extra sections of darcy_mesh's base configuration with the experts' own keys, and the section each updates
+EXPERT_SECTIONS = {"expert_model": "model", "expert_training": "training", "expert_diffusion": "diffusion"}
 #: first timestep of the full-range model under a low-noise expert (docs/darcy_studies.md, "A low-noise expert":
 #: at the quick scale t < 10 did as well as t < 20 and better than t < 30)
 EXPERT_BELOW = 10
@@ -120,21 +118,22 @@ def method_config(base: dict, method: str):
     diffusion keys that ``base`` leaves unset (so a command-line option still wins). The
     trajectory states of an expert (:data:`EXPERT_OF`) are drawn, unless ``base`` says
     otherwise, by chains of the sampler's length (its DDIM steps, or T for DDPM), and
-    its training and diffusion keys are updated from ``base``'s extra sections
-    :data:`EXPERT_TRAINING` and :data:`EXPERT_DIFFUSION` (darcy_mesh's ``--expert-steps``,
+    its model, training and diffusion keys are updated from ``base``'s extra sections
+    :data:`EXPERT_SECTIONS` (darcy_mesh's ``--expert-width``, ``--expert-steps``,
     ``--expert-lr-schedule`` and ``--expert-start``), which the other methods ignore.
     """
     sections = copy.deepcopy(base)
-    expert_training, expert_diffusion = sections.pop(EXPERT_TRAINING, {}), sections.pop(EXPERT_DIFFUSION, {})
+    expert = {target: sections.pop(extra, {}) for extra, target in EXPERT_SECTIONS.items()}
     if method not in EXPERT_OF:
-        expert_training, expert_diffusion = {}, {}
-    sections["training"] = {**sections.get("training", {}), **expert_training}
+        expert = {target: {} for target in expert}
+    for target in ("model", "training"):
+        sections[target] = {**sections.get(target, {}), **expert[target]}
     defaults = dict(DEFAULTS.get(method, {}))
     if method in EXPERT_OF and "trajectory_steps" in defaults:
         sampling = config_from_dict({"sampling": sections.get("sampling", {})}).sampling
         T = config_from_dict({"diffusion": sections.get("diffusion", {})}).diffusion.T
         defaults["trajectory_steps"] = sampling.ddim_steps if sampling.sampler == "ddim" else T
-    sections["diffusion"] = {**defaults, **sections.get("diffusion", {}), **expert_diffusion, **TRAINED[method]}
+    sections["diffusion"] = {**defaults, **sections.get("diffusion", {}), **expert["diffusion"], **TRAINED[method]}
     return config_from_dict(sections, source=f"<{method}>")
 
 

@@ -158,6 +158,10 @@ def test_each_expert_trains_its_models_loss_below_the_split_with_the_samplers_ch
     warm = base_config(parse_args(["--expert-start", "full_range"]))
     assert [method_config(warm, m).diffusion.expert_start for m in ("pidm_trajectory", "pidm_trajectory_expert")] == [
         "scratch", "full_range"]
+    wide = base_config(parse_args(["--expert-width", "32"]))
+    assert [method_config(wide, m).model.expert_width for m in ("pidm_trajectory", "pidm_trajectory_expert")] == [
+        0, 32]
+    assert method_config(wide, "pidm_trajectory_expert").model.width == method_config(wide, "pidm_trajectory").model.width
     cosine = base_config(parse_args(["--lr-schedule", "cosine", "--expert-lr-schedule", "constant"]))
     assert [method_config(cosine, m).training.lr_schedule for m in ("ddpm", "pidm_trajectory_expert")] == [
         "cosine", "constant"]

@@ -517,6 +517,16 @@ def test_a_low_noise_expert_trains_below_its_split_beside_the_frozen_model_and_s
     for key, value in high.state_dict().items():
         assert torch.equal(warm_low.state_dict()[key], value), key
 
+    # model.expert_width: the expert's own network is wider, the frozen model keeps its run's width
+    wide_config = dataclasses.replace(config, model=dataclasses.replace(config.model, expert_width=16))
+    wide = DarcyExperiment(wide_config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path / "wide", progress=False)
+    wide_pair = wide.trainer(high).model
+    assert wide_pair.low.decoder[0].in_features == 16 and wide_pair.high.decoder[0].in_features == 8
+    with pytest.raises(ConfigError, match="model.expert_width: needs an expert run"):
+        small_config(model={"expert_width": 16})
+    with pytest.raises(ConfigError, match="'full_range' copies the full-range network .width 8. into the expert"):
+        small_config(model={"width": 8, "expert_width": 16}, diffusion={"expert_below": 5, "expert_start": "full_range"})
+
     with pytest.raises(ConfigError, match="must be at most T = 20"):
         diffusion_loss(dataclasses.replace(config.diffusion, expert_below=21), expert.schedule,
                        expert.fit_normalizer(), expert.residual)

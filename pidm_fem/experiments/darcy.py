@@ -30,7 +30,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -437,8 +437,8 @@ class DarcyExperiment:
         (:class:`~pidm_fem.diffusion.SubspaceDenoiser`, in the units of ``normalizer``,
         fitted here when None). With ``diffusion.expert_below`` > 0 it is a
         :class:`~pidm_fem.diffusion.TimestepExperts` pair of two such denoisers: the
-        trained low-noise expert for ``t < expert_below`` and, with its parameters frozen,
-        the full-range denoiser it is sampled beside (its weights come from
+        trained low-noise expert for ``t < expert_below`` (of width ``model.expert_width``
+        where set) and, with its parameters frozen, the full-range denoiser it is sampled beside (its weights come from
         :meth:`trainer`'s ``high`` or a checkpoint). With ``diffusion.frozen_coefficient``
         the model is a :class:`~pidm_fem.diffusion.ChannelExperts` whose coefficient (K)
         estimate comes from one more such denoiser, frozen (its weights from
@@ -461,7 +461,8 @@ class DarcyExperiment:
         frozen = diffusion.frozen_coefficient
         if frozen and diffusion.method == "physics_guided":
             raise ConfigError("diffusion.frozen_coefficient: a physics-guided model's condition channels are its own")
-        model = self._build_denoiser(normalizer)
+        expert_width = self.config.model.expert_width
+        model = self._build_denoiser(normalizer, width=expert_width or None)
         coefficient = self._frozen_denoiser(normalizer) if frozen else None
         if diffusion.coefficient_input == "estimate":
             model = EstimatedChannelInputs(model, coefficient, self.coefficient_channels())
@@ -523,14 +524,16 @@ class DarcyExperiment:
     def _frozen_denoiser(self, normalizer: FieldNormalizer | None) -> nn.Module:
         return self._build_denoiser(normalizer).requires_grad_(False)
 
-    def _build_denoiser(self, normalizer: FieldNormalizer | None) -> nn.Module:
+    def _build_denoiser(self, normalizer: FieldNormalizer | None, width: int | None = None) -> nn.Module:
+        """A fresh denoiser of ``config.model``, of width ``width`` (None: ``model.width``)."""
+        model_config = self.config.model if width is None else replace(self.config.model, width=width)
         n_fields = self.fields.n_channels
         views = self.input_views()
         cond_channels = (n_fields if self.config.diffusion.method == "physics_guided" else 0) + len(views)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.training.seed)
             network = build_denoiser(
-                self.config.model,
+                model_config,
                 self.mesh,
                 n_fields,
                 cond_channels=cond_channels,

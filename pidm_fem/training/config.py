@@ -130,6 +130,8 @@ class ModelConfig(_Section):
     such as the dot product of two gradient views, is then one exact feature).
     ``output_modes: M > 0`` confines each channel of the clean estimate to the training
     data's M leading principal components (:class:`~pidm_fem.diffusion.SubspaceDenoiser`).
+    ``expert_width > 0`` (a low-noise expert only) is the width of the expert's own network;
+    the frozen denoisers beside it keep ``width``, that of the runs they come from.
     """
 
     name: ClassVar[str] = "model"
@@ -140,6 +142,7 @@ class ModelConfig(_Section):
     gradient_views: bool = _key(False)
     input_products: bool = _key(False)
     output_modes: int = _key(0, _at_least(0))
+    expert_width: int = _key(0, _at_least(0))
 
 
 @dataclass(frozen=True)
@@ -252,6 +255,14 @@ class RunConfig:
             raise ConfigError(
                 f"diffusion.expert_start: {self.diffusion.expert_start!r} needs an expert run "
                 "(diffusion.expert_below > 0)"
+            )
+        expert_width = self.model.expert_width
+        if expert_width and not self.diffusion.expert_below:
+            raise ConfigError("model.expert_width: needs an expert run (diffusion.expert_below > 0)")
+        if expert_width not in (0, self.model.width) and self.diffusion.expert_start == "full_range":
+            raise ConfigError(
+                f"diffusion.expert_start: 'full_range' copies the full-range network (width {self.model.width}) "
+                f"into the expert, whose model.expert_width is {expert_width}"
             )
         if self.diffusion.coefficient_input == "estimate" and not (
             self.diffusion.frozen_coefficient and self.diffusion.frozen_coefficient_steps == "all"
