@@ -438,11 +438,12 @@ class DarcyExperiment:
         fitted here when None). With ``diffusion.expert_below`` > 0 it is a
         :class:`~pidm_fem.diffusion.TimestepExperts` pair of two such denoisers: the
         trained low-noise expert for ``t < expert_below`` (of width ``model.expert_width``
-        where set) and, with its parameters frozen, the full-range denoiser it is sampled beside (its weights come from
-        :meth:`trainer`'s ``high`` or a checkpoint). With ``diffusion.frozen_coefficient``
-        the model is a :class:`~pidm_fem.diffusion.ChannelExperts` whose coefficient (K)
-        estimate comes from one more such denoiser, frozen (its weights from
-        :meth:`trainer`'s ``coefficient`` or a checkpoint); with
+        where set) and, with its parameters frozen, the full-range denoiser it is sampled
+        beside (its weights come from :meth:`trainer`'s ``high`` or a checkpoint). With
+        ``diffusion.frozen_coefficient`` the model is a
+        :class:`~pidm_fem.diffusion.ChannelExperts` whose coefficient (K) estimate comes
+        from one more such denoiser, frozen (its weights from :meth:`trainer`'s
+        ``coefficient`` or a checkpoint); with
         ``frozen_coefficient_steps: high`` that composition replaces the full-range
         denoiser of the pair only; with ``coefficient_input: estimate`` the run's own
         network sees that denoiser's clean estimate of K in place of the noisy K
