@@ -178,6 +178,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="learning-rate schedule of every method (default: constant)")
     parser.add_argument("--expert-lr-schedule", choices=("constant", "cosine"), default=None,
                         help="learning-rate schedule of the low-noise experts (default: that of the other methods)")
+    parser.add_argument("--expert-lr", type=float, default=None,
+                        help="(first) learning rate of the low-noise experts (default: that of the other methods)")
     parser.add_argument("--n-samples", type=int, default=None, help="override the number of generated samples")
     parser.add_argument("--no-sample-estimation", action="store_true", help="skip PIDM with 'sample' estimation")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=None,
@@ -232,6 +234,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=None,
                         help="processes training the methods side by side (default: one per available core, "
                              "at most one per trained method)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of this process, which trains what the side-by-side processes leave "
+                             "(the experts on another model's K), samples and evaluates (default: one per available "
+                             "core; the side-by-side processes use one each)")
     parser.add_argument("--train-only", action="store_true",
                         help="train the methods and stop (a later run without it resumes the finished runs, "
                              "samples and evaluates)")
@@ -269,7 +275,7 @@ def base_config(args: argparse.Namespace) -> dict:
 
     ``args`` holds ``mode``, ``device`` and ``steps`` and any of the :data:`OVERRIDES` options
     (another tool's parser may define a subset of them; a missing or None one keeps the mode's value).
-    ``--expert-width``, ``--expert-steps``, ``--expert-lr-schedule`` and ``--expert-start`` add model,
+    ``--expert-width``, ``--expert-steps``, ``--expert-lr``, ``--expert-lr-schedule`` and ``--expert-start`` add model,
     training and diffusion keys of the low-noise experts as the extra sections
     ``darcy_methods.EXPERT_SECTIONS``; ``darcy_methods.method_config`` applies them to the experts.
     """
@@ -285,6 +291,8 @@ def base_config(args: argparse.Namespace) -> dict:
         expert["model"]["expert_width"] = args.expert_width
     if getattr(args, "expert_steps", None) is not None:
         expert["training"].update(training_length(config["training"], args.expert_steps))
+    if getattr(args, "expert_lr", None) is not None:
+        expert["training"]["lr"] = args.expert_lr
     if getattr(args, "expert_lr_schedule", None) is not None:
         expert["training"]["lr_schedule"] = args.expert_lr_schedule
     if getattr(args, "expert_start", None) is not None:
@@ -396,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     # Firedrake hands sys.argv to PETSc: do not report this script's own options as unused PETSc options.
     os.environ.setdefault("PETSC_OPTIONS", "-options_left no")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
     from darcy_methods import TRAINED, needed_methods, train_all, train_and_sample, train_in_parallel
     from pidm_fem.atomic_files import atomic_directory, write_json
     from pidm_fem.evaluation import markdown_table
@@ -418,11 +428,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"darcy_mesh: error: --methods: {method} samples the {' and '.join(missing)} model"
                   f"{'s' if len(missing) > 1 else ''}, so it needs {' and '.join(missing)}", file=sys.stderr)
             return 2
-    jobs = len(os.sched_getaffinity(0)) if args.jobs is None else args.jobs
-    if jobs < 1:
-        print(f"darcy_mesh: error: --jobs must be at least 1, got {jobs}", file=sys.stderr)
-        return 2
+    cores = len(os.sched_getaffinity(0))
+    jobs, threads = (cores if value is None else value for value in (args.jobs, args.threads))
+    for option, value in (("--jobs", jobs), ("--threads", threads)):
+        if value < 1:
+            print(f"darcy_mesh: error: {option} must be at least 1, got {value}", file=sys.stderr)
+            return 2
     train_in_parallel(base_config(args), methods, mesh_path, out, args.workers, jobs, progress=True)
+    torch.set_num_threads(threads)  # after the side-by-side processes, which inherit OMP_NUM_THREADS=1
     if args.train_only:
         train_all(base_config(args), methods, mesh_path, out, args.workers, progress=True)
         print(f"trained {', '.join(m for m in methods if m in TRAINED)} in {out / 'runs'}; "

@@ -155,6 +155,8 @@ def test_each_expert_trains_its_models_loss_below_the_split_with_the_samplers_ch
     cosine_experts = base_config(parse_args(["--expert-lr-schedule", "cosine"]))
     assert [method_config(cosine_experts, m).training.lr_schedule for m in ("ddpm", "pidm_trajectory_expert")] == [
         "constant", "cosine"]
+    faster_experts = base_config(parse_args(["--expert-lr", "3e-3"]))
+    assert [method_config(faster_experts, m).training.lr for m in ("ddpm", "pidm_trajectory_expert")] == [1e-3, 3e-3]
     warm = base_config(parse_args(["--expert-start", "full_range"]))
     assert [method_config(warm, m).diffusion.expert_start for m in ("pidm_trajectory", "pidm_trajectory_expert")] == [
         "scratch", "full_range"]
@@ -267,9 +269,10 @@ def test_balanced_groups_split_the_trained_methods_by_cost():
     assert balanced_groups(["ddpm", "pidm_trajectory", *on_ddpm_k], 2) == [["pidm_trajectory"], ["ddpm"]]
 
 
-def test_bad_jobs_is_a_one_line_error(tmp_path):
-    proc = run_benchmark("--quick", "--jobs", "0", "--out", str(tmp_path / "bench"))
-    assert proc.returncode == 2 and proc.stderr.strip() == "darcy_mesh: error: --jobs must be at least 1, got 0"
+@pytest.mark.parametrize("option", ["--jobs", "--threads"])
+def test_bad_jobs_or_threads_is_a_one_line_error(tmp_path, option):
+    proc = run_benchmark("--quick", option, "0", "--out", str(tmp_path / "bench"))
+    assert proc.returncode == 2 and proc.stderr.strip() == f"darcy_mesh: error: {option} must be at least 1, got 0"
     assert not (tmp_path / "bench").exists()
 
 
