@@ -237,8 +237,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of this process, which trains what the side-by-side processes leave "
                              "(the experts on another model's K), samples and evaluates (default 1, as each "
-                             "side-by-side process; 2 on an otherwise idle 2-core machine is 1.2-1.3x faster, on "
-                             "cores another process also uses several times slower)")
+                             "side-by-side process; more help only on cores that no other process uses)")
     parser.add_argument("--train-only", action="store_true",
                         help="train the methods and stop (a later run without it resumes the finished runs, "
                              "samples and evaluates)")
@@ -429,14 +428,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"darcy_mesh: error: --methods: {method} samples the {' and '.join(missing)} model"
                   f"{'s' if len(missing) > 1 else ''}, so it needs {' and '.join(missing)}", file=sys.stderr)
             return 2
-    cores = len(os.sched_getaffinity(0))
-    jobs, threads = cores if args.jobs is None else args.jobs, args.threads
-    for option, value in (("--jobs", jobs), ("--threads", threads)):
+    jobs = len(os.sched_getaffinity(0)) if args.jobs is None else args.jobs
+    for option, value in (("--jobs", jobs), ("--threads", args.threads)):
         if value < 1:
             print(f"darcy_mesh: error: {option} must be at least 1, got {value}", file=sys.stderr)
             return 2
     train_in_parallel(base_config(args), methods, mesh_path, out, args.workers, jobs, progress=True)
-    torch.set_num_threads(threads)  # after the side-by-side processes, which inherit OMP_NUM_THREADS=1
+    torch.set_num_threads(args.threads)  # after the side-by-side processes, which inherit OMP_NUM_THREADS=1
     if args.train_only:
         train_all(base_config(args), methods, mesh_path, out, args.workers, progress=True)
         print(f"trained {', '.join(m for m in methods if m in TRAINED)} in {out / 'runs'}; "
