@@ -449,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     summary, residuals = evaluate_runs(experiment, {m: runs[m] for m in methods})
     summary["run"] = {"mode": args.mode, "mesh": str(mesh_path), "n_nodes": experiment.fields.n_nodes,
                       "n_samples": n_samples, "methods": methods, "config": base_config(args), "cocogen": cocogen,
-                      "wall_seconds": None}
+                      "jobs": jobs, "torch_threads": torch.get_num_threads(), "wall_seconds": None}
     table = markdown_table(summary)
     samples = {m: runs[m]["rows"] for m in methods}
     with atomic_directory(out / "report") as tmp:

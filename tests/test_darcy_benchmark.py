@@ -30,8 +30,9 @@ def test_smoke_run_writes_every_output(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not (out / "report").exists() and (out / "runs" / "ddpm" / "last.pt").is_file()
     trained = (out / "runs" / "ddpm" / "last.pt").stat().st_mtime_ns
-    # every method (--quick alone leaves the trajectory ones out); the others in two processes
-    proc = run_benchmark(*common, "--n-samples", "4", "--jobs", "2", "--methods", *METHODS)
+    # every method (--quick alone leaves the trajectory ones out); the others in two processes, then this
+    # process samples and evaluates with two torch threads
+    proc = run_benchmark(*common, "--n-samples", "4", "--jobs", "2", "--threads", "2", "--methods", *METHODS)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "runs" / "ddpm" / "last.pt").stat().st_mtime_ns == trained
     report = out / "report"
@@ -42,6 +43,7 @@ def test_smoke_run_writes_every_output(tmp_path):
         assert (report / "fields" / f"{method}.pvd").is_file(), method
     results = json.loads((report / "results.json").read_text())
     assert set(results["methods"]) == set(METHODS)
+    assert (results["run"]["jobs"], results["run"]["torch_threads"]) == (2, 2)
     for method, entry in results["methods"].items():
         assert entry["residual"]["mean"] > 0 and entry["residual"]["median"] > 0, method
         assert entry["trivial_residual"]["mean"] > 0, method
