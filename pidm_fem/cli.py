@@ -23,43 +23,70 @@ def _mesh_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _darcy_experiment(args: argparse.Namespace):
-    from .experiments import DarcyExperiment
-    from .training import load_config
+def _study(args: argparse.Namespace):
+    """The study folder of a command's run file, problem and mesh, and the problem itself."""
+    from .experiments.benchmark import read_yaml_file
+    from .experiments.comparison import Study
+    from .experiments.methods import check_methods
+    from .mesh import default_mesh_path
 
-    return DarcyExperiment(load_config(args.config), args.mesh, data_dir=args.data_dir, run_dir=args.run_dir,
-                           workers=args.workers)
+    sections = read_yaml_file(args.config)
+    mesh = str(args.mesh or default_mesh_path())
+    study = Study(args.problem, mesh, sections, args.out, workers=args.workers, source=str(args.config))
+    check_methods(_with_needs(args.method), ())
+    return study, study.build_problem()
 
 
-def _darcy_train(args: argparse.Namespace) -> int:
-    summary = _darcy_experiment(args).train()
-    print(f"trained steps {summary.first_step}..{summary.last_step} "
-          f"({summary.seconds_per_step:.3f} s/step); run folder {args.run_dir}")
+def _with_needs(name: str) -> list[str]:
+    """The methods whose models ``name`` uses, then ``name``."""
+    from .experiments.methods import METHODS
+
+    return [*METHODS[name].needs, name]
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .experiments.comparison import train_all
+    from .experiments.methods import METHODS
+
+    study, problem = _study(args)
+    if not METHODS[args.method].trained:
+        print(f"pidm-fem: {args.method} trains nothing of its own (it samples {', '.join(METHODS[args.method].needs)})")
+        return 0
+    train_all(study, problem, [args.method])
+    print(f"trained {args.method}; run folder {study.out / 'runs' / args.method}")
     return 0
 
 
-def _darcy_sample(args: argparse.Namespace) -> int:
+def _sample(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
     from .atomic_files import atomic_path
+    from .experiments.comparison import train_and_sample
 
-    experiment = _darcy_experiment(args)
-    rows = experiment.sample(args.n, seed=args.seed)
+    study, problem = _study(args)
+    methods = _with_needs(args.method)
+    run = train_and_sample(study, problem, methods, args.n)[args.method]
+    experiment = study.experiment(problem, methods[0])
     with torch.no_grad():
-        r = experiment.strong_residual(experiment.node_tensor(rows)).numpy()
-    with atomic_path(args.out) as tmp:
-        np.savez(tmp, rows=rows, residual=r, dof_coordinates=experiment.generator.layout.dof_coordinates())
-    print(f"{len(rows)} samples -> {args.out}; mean |r| {np.abs(r).mean():.4g}, median of per-sample "
-          f"mean |r| {np.median(np.abs(r).mean(axis=1)):.4g}")
+        r = experiment.strong_residual(experiment.node_tensor(run.rows)).numpy()
+    with atomic_path(args.samples) as tmp:
+        np.savez(tmp, rows=run.rows, residual=r, dof_coordinates=problem.layout.dof_coordinates())
+    print(f"{len(run.rows)} samples of {args.method} -> {args.samples}; mean |r| {np.abs(r).mean():.4g}, "
+          f"median of per-sample mean |r| {np.median(np.abs(r).mean(axis=1)):.4g}")
     return 0
 
 
-def _add_darcy_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", type=Path, help="run configuration (YAML)")
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    from .experiments.methods import METHODS
+    from .physics.problems import PROBLEMS
+
+    parser.add_argument("config", type=Path, help="run file (YAML sections; missing keys take the library defaults)")
+    parser.add_argument("--method", choices=list(METHODS), default="pidm_mean", help="method of the registry")
+    parser.add_argument("--problem", choices=list(PROBLEMS), default="darcy", help="registered problem")
     parser.add_argument("--mesh", type=Path, default=None, help="mesh file (default: the embedded unit square)")
-    parser.add_argument("--run-dir", type=Path, default=Path("runs/darcy"), help="checkpoints and log.jsonl")
-    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="cached sample files")
+    parser.add_argument("--out", type=Path, default=Path("runs/darcy"),
+                        help="study folder: data/ (sample files) and runs/<method>/ (checkpoints, log.jsonl)")
     parser.add_argument("--workers", type=int, default=1, help="processes generating missing samples")
 
 
@@ -70,15 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("mesh-info", help="load a mesh and print its size and boundary ids")
     info.add_argument("path", help="mesh file (.msh, or any format meshio reads)")
     info.set_defaults(run=_mesh_info)
-    train = commands.add_parser("darcy-train", help="train (or resume) a diffusion model of Darcy fields [p, K]")
-    _add_darcy_arguments(train)
-    train.set_defaults(run=_darcy_train)
-    sample = commands.add_parser("darcy-sample", help="sample a trained Darcy model to an NPZ with residuals")
-    _add_darcy_arguments(sample)
-    sample.add_argument("--n", type=int, default=None, help="number of samples (default: sampling.n_samples)")
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--out", type=Path, default=Path("samples.npz"))
-    sample.set_defaults(run=_darcy_sample)
+    train = commands.add_parser("train", help="train (or resume) one method of the registry on a problem")
+    _add_run_arguments(train)
+    train.set_defaults(run=_train)
+    sample = commands.add_parser("sample", help="sample a trained method (training what is missing) to an NPZ")
+    _add_run_arguments(sample)
+    sample.add_argument("--n", type=int, default=64, help="number of samples")
+    sample.add_argument("--samples", type=Path, default=Path("samples.npz"), help="output NPZ file")
+    sample.set_defaults(run=_sample)
     return parser
 
 

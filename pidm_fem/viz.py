@@ -59,6 +59,57 @@ def plot_fields(
     _save(fig, path, dpi)
 
 
+def plot_sample_grid(
+    columns: Mapping[str, Sequence[Mapping[str, object]]],
+    path: str | os.PathLike,
+    limits: Mapping[str, tuple[float, float]],
+    dpi: int = 90,
+) -> None:
+    """Samples of several sources side by side: one column per source, one row per field and sample.
+
+    Every panel of a field shares one colour scale (``limits[field]``) and one colour
+    bar at the end of its row, so that amplitudes compare at a glance.
+
+    Parameters
+    ----------
+    columns
+        ``{source name: [{field name: scalar Function}, ...]}``, the same number of samples
+        and the fields of ``limits`` in each (the test data first, typically).
+    path
+        Output PNG (written atomically).
+    limits
+        ``{field name: (low, high)}`` of each field's colour scale, in row order.
+    dpi
+        Resolution of the PNG.
+    """
+    from firedrake.pyplot import tripcolor
+
+    names = list(columns)
+    n_samples = len(columns[names[0]])
+    fields = list(limits)
+    n_rows, n_cols = len(fields) * n_samples, len(names)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.9 * n_cols + 0.8, 1.8 * n_rows), squeeze=False)
+    for f, field_name in enumerate(fields):
+        low, high = limits[field_name]
+        for i in range(n_samples):
+            row = f * n_samples + i
+            for j, name in enumerate(names):
+                ax = axes[row][j]
+                artist = tripcolor(columns[name][i][field_name], axes=ax, cmap="viridis", shading="gouraud",
+                                   vmin=low, vmax=high)
+                ax.set_aspect("equal")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if row == 0:
+                    ax.set_title(name, fontsize=8)
+                if j == 0:
+                    ax.set_ylabel(f"{field_name} #{i + 1}", fontsize=8)
+            fig.colorbar(artist, ax=list(axes[row]), shrink=0.85, pad=0.01)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+
+
 def plot_histograms(
     values: Mapping[str, np.ndarray],
     path: str | os.PathLike,

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from pidm_fem.bridge import FieldLayout
-from pidm_fem.experiments import DarcyExperiment, NodeFields, build_denoiser, diffusion_loss
+from pidm_fem.experiments import Experiment, NodeFields, build_denoiser, diffusion_loss
+from pidm_fem.physics.darcy_flow import DarcyFlow
 from pidm_fem.mesh import unit_square_family
 from pidm_fem.models import MeshDenoiser, RasterUNet, count_parameters
 from pidm_fem.physics.darcy import DarcyProblem
@@ -19,9 +20,15 @@ from pidm_fem.training.config import ModelConfig
 COARSE_MESH = unit_square_family()[0]
 
 
+def DarcyExperiment(config, mesh, **kwargs):  # noqa: N802  (reads like the experiment it builds)
+    """The generic experiment of the Darcy problem on ``mesh`` with the configuration's data seed."""
+    return Experiment(DarcyFlow.from_options(mesh, seed=config.data.seed), config, **kwargs)
+
+
 def small_config(**sections):
-    """A tiny run on the coarse mesh: 4 training samples, short schedule, small mesh denoiser."""
+    """A tiny run on the coarse mesh in the paper's coordinates: 4 training samples, small mesh denoiser."""
     base = {
+        "preset": "paper",
         "data": {"n_train": 4, "n_val": 2, "n_test": 2, "seed": 3},
         "model": {"kind": "mesh", "width": 16},
         "diffusion": {"T": 20, "method": "pidm", "c_residual": 1e-3, "sample_steps": 2},
@@ -49,7 +56,7 @@ def experiment(data_dir, tmp_path_factory):
 
 
 def test_node_fields_reshape_rows_and_keep_the_physics(experiment):
-    fields, layout = experiment.fields, experiment.generator.layout
+    fields, layout = experiment.fields, experiment.problem.layout
     rows = experiment.dataset().train
     x = fields.to_nodes(torch.from_numpy(rows))
     assert x.shape == (4, 2, fields.n_nodes) and fields.names == ("p", "K")
@@ -57,7 +64,7 @@ def test_node_fields_reshape_rows_and_keep_the_physics(experiment):
     np.testing.assert_array_equal(x[:, fields.channel("K")].numpy(), rows[:, layout.block("K")])
     np.testing.assert_array_equal(fields.to_rows(x).numpy(), rows)
     # The data solve the PDE through the (B, C, n) path; swapping the channels does not.
-    f_max = float(np.abs(experiment.problem.f.dat.data_ro).max())
+    f_max = float(np.abs(experiment.problem.pde.f.dat.data_ro).max())
     assert experiment.residual(x).abs().max() < 1e-8 * f_max
     assert experiment.residual(x.flip(1)).abs().max() > 1e-2 * f_max
     with pytest.raises(ValueError, match=r"shape \(B, 2,"):
@@ -73,7 +80,7 @@ def test_physics_residual_follows_the_config_and_the_reported_one_stays_strong(e
     torch.testing.assert_close(preconditioned.strong_residual(wrong), experiment.residual(wrong), rtol=0, atol=0)
     torch.testing.assert_close(experiment.strong_residual(wrong), experiment.residual(wrong), rtol=0, atol=0)
     expected = experiment.residual(wrong) @ torch.from_numpy(
-        neumann_laplacian_maps(experiment.problem.V)[1].T.copy())
+        neumann_laplacian_maps(experiment.problem.pde.V)[1].T.copy())
     torch.testing.assert_close(preconditioned.residual(wrong), expected)
 
 
@@ -101,7 +108,7 @@ def test_state_misfit_is_the_relative_state_error_and_moves_the_pressure_only(ex
     assert float(experiment.state_misfit(x).abs().max()) < 1e-10  # the data obey their coupling
     other = torch.stack([x[:, 0] + 3.0, x.roll(1, dims=0)[:, 1]], dim=1).requires_grad_(True)  # gauge shift ignored
     misfit = experiment.state_misfit(other)
-    weights = experiment.problem.lumped_mass()
+    weights = experiment.problem.pde.lumped_mass()
     expected = relative_state_error(experiment.solve_state, other.detach() - torch.tensor([3.0, 0.0])[:, None],
                                      0, weights)
     np.testing.assert_allclose(misfit.pow(2).sum(dim=1).sqrt().detach().numpy(), expected, rtol=1e-10)
@@ -112,17 +119,38 @@ def test_state_misfit_is_the_relative_state_error_and_moves_the_pressure_only(ex
     assert torch.equal(experiment.state_misfit(bad)[1], torch.zeros(x.shape[2], dtype=x.dtype))
 
 
-def test_node_fields_refuse_other_layouts(experiment):
-    p1 = experiment.problem.V
-    p2 = DarcyProblem(p1.mesh(), degree=2).V
-    with pytest.raises(ValueError, match="share one space"):
+def test_node_fields_take_vector_fields_on_other_spaces_at_the_same_nodes_and_refuse_others(experiment):
+    p1 = experiment.problem.pde.V
+    mesh = p1.mesh()
+    p2 = DarcyProblem(mesh, degree=2).V
+    # a P1 vector displacement beside a P1 scalar density: three channels on the vertices
+    vector = fd.VectorFunctionSpace(mesh, "CG", 1)
+    layout = FieldLayout.from_spaces({"u": vector, "rho": p1})
+    fields = NodeFields(layout)
+    assert fields.names == ("u_x", "u_y", "rho") and fields.channels_of(("u",)) == (0, 1)
+    u = fd.Function(vector).interpolate(fd.SpatialCoordinate(mesh))
+    rho = fd.Function(p1).interpolate(fd.SpatialCoordinate(mesh)[0] * 2 + 1)
+    rows = torch.from_numpy(layout.join({"u": u.dat.data_ro.reshape(1, -1), "rho": rho.dat.data_ro[None]}))
+    nodes = fields.to_nodes(rows)
+    coordinates = fields.node_coordinates
+    np.testing.assert_allclose(nodes[0, 0].numpy(), coordinates[:, 0], atol=1e-14)  # u_x = x at every node
+    np.testing.assert_allclose(nodes[0, 1].numpy(), coordinates[:, 1], atol=1e-14)
+    np.testing.assert_allclose(nodes[0, 2].numpy(), 2 * coordinates[:, 0] + 1, atol=1e-14)
+    torch.testing.assert_close(fields.to_rows(nodes), rows)  # the round trip
+    # a subset of the fields as channels: the others come from the rows given
+    density = NodeFields(layout, ["rho"])
+    torch.testing.assert_close(density.to_rows(density.to_nodes(rows), rows), rows)
+    with pytest.raises(ValueError, match="need the values of the non-channel fields"):
+        density.to_rows(density.to_nodes(rows))
+    with pytest.raises(ValueError, match="has .* nodes, the first field"):
         NodeFields(FieldLayout.from_spaces({"p": p1, "K": p2}))
-    with pytest.raises(ValueError, match="scalar fields only"):
-        NodeFields(FieldLayout.from_spaces({"u": fd.VectorFunctionSpace(p1.mesh(), "CG", 1)}))
+    with pytest.raises(ValueError, match="has .* nodes, the first field"):
+        NodeFields(FieldLayout.from_spaces({"p": p1, "rho": fd.FunctionSpace(mesh, "DG", 0)}))
     with pytest.raises(ValueError, match="P1 fields"):
         NodeFields(FieldLayout.from_spaces({"p": p2, "K": p2})).mesh_nodes()
-    mesh = experiment.mesh
-    assert mesh.n_nodes == experiment.fields.n_nodes == p1.dof_count and mesh.n_triangles == p1.mesh().num_cells()
+    nodes_mesh = experiment.mesh
+    assert nodes_mesh.n_nodes == experiment.fields.n_nodes == p1.dof_count
+    assert nodes_mesh.n_triangles == mesh.num_cells()
 
 
 # ---------------------------------------------------------------- model factory and losses
@@ -258,7 +286,7 @@ def test_config_driven_run_end_to_end(data_dir, tmp_path):
         "model: {kind: mesh, width: 8}\n"
         "diffusion: {T: 10, method: pidm, c_residual: 1e-3}\n"
         "training: {steps: 4, batch_size: 2, lr: 1e-3, checkpoint_every: 2, val_every: 2, log_every: 1}\n"
-        "sampling: {sampler: ddim, ddim_steps: 3, n_samples: 3, cocogen_after: 1, cocogen_step: 1e-6}\n"
+        "sampling: {sampler: ddim, ddim_steps: 3, n_samples: 3}\ncocogen: {during: 1, after: 1, step: 1e-6}\n"
     )
     config = load_config(path)
     run_dir = tmp_path / "run"
@@ -281,10 +309,12 @@ def test_config_driven_run_end_to_end(data_dir, tmp_path):
 
     rows = resumed.sample()
     assert rows.shape == (3, 2 * experiment.fields.n_nodes) and np.isfinite(rows).all()
-    weights = experiment.problem.lumped_mass()
-    p = rows[:, experiment.generator.layout.block("p")]
+    weights = experiment.problem.pde.lumped_mass()
+    p = rows[:, experiment.problem.layout.block("p")]
     assert np.abs(p @ weights).max() < 1e-12 * np.abs(p).max() * weights.sum()
     np.testing.assert_array_equal(resumed.sample(seed=0), rows)  # seeded
+    corrected = resumed.sample(seed=0, cocogen=True)
+    assert corrected.shape == rows.shape and not np.array_equal(corrected, rows)  # CoCoGen moved the samples
 
     other = dataclasses.replace(config, model=dataclasses.replace(config.model, width=12))
     with pytest.raises(CheckpointError, match="another model configuration"):
@@ -309,7 +339,7 @@ def test_elliptic_representation_round_trips_the_data_and_samples_positive_k(dat
     assert torch.allclose(z[:, K] * normalizer.std[K] + normalizer.mean[K], x0[:, K].log())
     experiment.train()
     rows = experiment.sample(3)
-    assert np.isfinite(rows).all() and rows[:, experiment.generator.layout.block("K")].min() > 0
+    assert np.isfinite(rows).all() and rows[:, experiment.problem.layout.block("K")].min() > 0
 
 
 def test_field_views_show_the_network_the_pressure_under_elliptic_coordinates(data_dir, tmp_path):
@@ -439,236 +469,68 @@ def test_cli_trains_and_samples(tmp_path):
         "data: {n_train: 4, n_val: 2, n_test: 2}\nmodel: {kind: mesh, width: 8}\ndiffusion: {T: 10}\n"
         "training: {steps: 2, batch_size: 2, checkpoint_every: 2}\nsampling: {sampler: ddim, ddim_steps: 2}\n"
     )
-    common = [str(config), "--mesh", str(COARSE_MESH), "--run-dir", str(tmp_path / "run"),
-              "--data-dir", str(tmp_path / "data")]
+    common = [str(config), "--method", "pidm_mean", "--mesh", str(COARSE_MESH), "--out", str(tmp_path / "study")]
     cli = [sys.executable, "-m", "pidm_fem.cli"]
-    train = subprocess.run(cli + ["darcy-train"] + common, capture_output=True, text=True, timeout=300)
+    train = subprocess.run(cli + ["train"] + common, capture_output=True, text=True, timeout=300)
     assert train.returncode == 0, train.stderr
+    assert (tmp_path / "study" / "runs" / "pidm_mean" / "last.pt").is_file()
     out = tmp_path / "samples.npz"
-    sample = subprocess.run(cli + ["darcy-sample"] + common + ["--n", "3", "--out", str(out)],
+    sample = subprocess.run(cli + ["sample"] + common + ["--n", "3", "--samples", str(out)],
                             capture_output=True, text=True, timeout=300)
     assert sample.returncode == 0, sample.stderr
     saved = np.load(out)
     assert saved["rows"].shape[0] == 3 and saved["residual"].shape == (3, saved["rows"].shape[1] // 2)
     bad = tmp_path / "bad.yaml"
     bad.write_text("training: {lr: -1}\n")
-    failed = subprocess.run(cli + ["darcy-train", str(bad)], capture_output=True, text=True, timeout=300)
+    failed = subprocess.run(cli + ["train", str(bad)], capture_output=True, text=True, timeout=300)
     assert failed.returncode == 2 and failed.stderr.strip().splitlines() == [
         f"pidm-fem: error: {bad}: training.lr: must be > 0, got -1.0"
     ], failed.stderr
 
 
-def test_output_modes_confine_the_samples_to_the_training_datas_principal_subspace(data_dir, tmp_path):
-    config = small_config(model={"width": 8, "output_modes": 3}, diffusion={"representation": "elliptic", "T": 10},
-                          training={"steps": 2, "batch_size": 2}, sampling={"sampler": "ddim", "ddim_steps": 2})
-    experiment = DarcyExperiment(config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path, progress=False)
-    experiment.train()
-    rows = experiment.sample(3)
-    normalizer = experiment.fit_normalizer()
-    samples = normalizer.normalize(experiment.fields.to_nodes(torch.as_tensor(rows)))
-    train = normalizer.normalize(experiment.fields.to_nodes(torch.as_tensor(experiment.dataset().train)))
-    for channel in range(2):
-        # every sample is the training mean plus a combination of the (centred) training samples
-        centred = train[:, channel] - train[:, channel].mean(dim=0)
-        coefficients = torch.linalg.lstsq(centred.T, (samples[:, channel] - train[:, channel].mean(dim=0)).T)
-        fitted = centred.T @ coefficients.solution
-        torch.testing.assert_close(fitted.T + train[:, channel].mean(dim=0), samples[:, channel],
-                                   rtol=0, atol=1e-4)  # sampled in float32; the fields are of order 1
+#: trajectory states and state misfit of the tiny expert runs
+TINY_TRAJECTORY = {"trajectory_every": 1, "trajectory_steps": 2, "trajectory_t_fraction": 0.5, "c_state": 1.0}
 
 
-def test_a_low_noise_expert_trains_below_its_split_beside_the_frozen_model_and_samples_with_it(data_dir, tmp_path):
-    """diffusion.expert_below: the pair's high expert keeps the full-range run's weights, its low one learns."""
-    from pidm_fem.diffusion import TimestepExperts
-
-    trajectory = {"c_state": 1.0, "trajectory_every": 2, "trajectory_steps": 4, "trajectory_t_fraction": 0.5}
-    full_config = small_config(model={"width": 8}, diffusion=trajectory, training={"steps": 4, "batch_size": 2})
-    full = DarcyExperiment(full_config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path / "full", progress=False)
-    full.train()
-    high, _ = full.load_denoiser()
-
-    config = small_config(model={"width": 8}, diffusion={**trajectory, "expert_below": 5},
-                          training={"steps": 4, "batch_size": 2})
-    expert = DarcyExperiment(config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path / "expert", progress=False)
-    with pytest.raises(ConfigError, match="expert_below: the expert run .* starts from a full-range denoiser"):
-        expert.trainer()
+def test_an_expert_on_a_frozen_coefficient_learns_below_its_split_beside_frozen_models(data_dir, tmp_path):
+    """diffusion.role: expert_on_frozen_coefficient: K from a frozen model at every step, p from the pair of a
+    frozen full-range model and the trained low-noise expert below expert.below."""
+    small = {"model": {"width": 8}, "training": {"steps": 2, "batch_size": 2}}
+    high_run = DarcyExperiment(small_config(diffusion=TINY_TRAJECTORY, **small), COARSE_MESH, data_dir=data_dir,
+                               run_dir=tmp_path / "high", progress=False)
+    high_run.train()
+    coefficient_run = DarcyExperiment(small_config(diffusion={"method": "ddpm"}, **small), COARSE_MESH,
+                                      data_dir=data_dir, run_dir=tmp_path / "coefficient", progress=False)
+    coefficient_run.train()
+    (high, _), (coefficient, _) = high_run.load_denoiser(), coefficient_run.load_denoiser()
     with pytest.raises(ConfigError, match="trains no expert beside a frozen model"):
-        full.trainer(high)
-    summary = expert.train(high)
-    assert summary.components["state"] > 0  # the trajectory states of the pair reach the expert's loss
+        high_run.trainer(high)
 
-    # Every timestep the loss drew lies below the split, and so do the trajectory states.
-    loss = diffusion_loss(config.diffusion, expert.schedule, expert.fit_normalizer(), expert.residual,
-                          state_misfit=expert.state_misfit)
-    assert loss.max_t == 5 and loss.trajectory.max_t == 5
-
-    pair, _ = expert.load_denoiser()
-    assert isinstance(pair, TimestepExperts) and pair.split == 5
-    for key, value in high.state_dict().items():
-        assert torch.equal(pair.high.state_dict()[key], value), key
-    fresh = expert.build_model()
-    assert any(not torch.equal(a, b) for a, b in zip(pair.low.parameters(), fresh.low.parameters()))
-    assert all(not p.requires_grad for p in fresh.high.parameters())
-    rows = expert.sample(3, seed=1)
-    assert rows.shape == (3, 2 * expert.fields.n_nodes) and np.all(np.isfinite(rows))
-    # diffusion.expert_start: full_range starts the expert as a copy of the full-range model
-    warm_config = dataclasses.replace(config, diffusion=dataclasses.replace(config.diffusion, expert_start="full_range"))
-    warm = DarcyExperiment(warm_config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path / "warm", progress=False)
-    warm_low = warm.trainer(high).model.low
-    for key, value in high.state_dict().items():
-        assert torch.equal(warm_low.state_dict()[key], value), key
-
-    # model.expert_width: the expert's own network is wider, the frozen model keeps its run's width
-    wide_config = dataclasses.replace(config, model=dataclasses.replace(config.model, expert_width=16))
-    wide = DarcyExperiment(wide_config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path / "wide", progress=False)
-    wide_pair = wide.trainer(high).model
-    assert wide_pair.low.decoder[0].in_features == 16 and wide_pair.high.decoder[0].in_features == 8
-    with pytest.raises(ConfigError, match="model.expert_width: needs an expert run"):
-        small_config(model={"expert_width": 16})
-    with pytest.raises(ConfigError, match="'full_range' copies the full-range network .width 8. into the expert"):
-        small_config(model={"width": 8, "expert_width": 16}, diffusion={"expert_below": 5, "expert_start": "full_range"})
-
-    with pytest.raises(ConfigError, match="must be at most T = 20"):
-        diffusion_loss(dataclasses.replace(config.diffusion, expert_below=21), expert.schedule,
-                       expert.fit_normalizer(), expert.residual)
-    with pytest.raises(ConfigError, match="cannot be physics_guided"):
-        diffusion_loss(dataclasses.replace(config.diffusion, method="physics_guided"), expert.schedule,
-                       expert.fit_normalizer(), expert.residual)
-
-
-#: the trajectory-state keys of the tiny expert runs
-TINY_TRAJECTORY = {"c_state": 1.0, "trajectory_every": 2, "trajectory_steps": 4, "trajectory_t_fraction": 0.5}
-
-
-@pytest.fixture(scope="module")
-def full_range_and_ddpm_runs(data_dir, tmp_path_factory):
-    """Two finished tiny runs: a full-range PIDM-trajectory model and a DDPM model (experiments by name)."""
-    runs = {}
-    for name, diffusion in (("full", TINY_TRAJECTORY), ("ddpm", {"method": "ddpm"})):
-        config = small_config(model={"width": 8}, diffusion=diffusion, training={"steps": 4, "batch_size": 2})
-        runs[name] = DarcyExperiment(config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path_factory.mktemp(name),
-                                     progress=False)
-        runs[name].train()
-    return runs
-
-
-@pytest.mark.parametrize("steps", ["all", "high"])
-def test_a_frozen_coefficient_run_trains_its_pressure_on_another_models_coefficient(
-    data_dir, tmp_path, full_range_and_ddpm_runs, steps
-):
-    """diffusion.frozen_coefficient: K's estimate is the frozen model's at every step (or at the full-range
-    model's steps only, the expert's own below); the run learns p, and with "high" K below the split too."""
-    from pidm_fem.diffusion import ChannelExperts, TimestepExperts
-
-    trajectory, runs = TINY_TRAJECTORY, full_range_and_ddpm_runs
-    high, _ = runs["full"].load_denoiser()
-    coefficient, _ = runs["ddpm"].load_denoiser()
-
-    frozen = {"expert_below": 5, "frozen_coefficient": True, "frozen_coefficient_steps": steps}
-    config = small_config(model={"width": 8}, diffusion={**trajectory, **frozen}, training={"steps": 4, "batch_size": 2})
+    config = small_config(diffusion={**TINY_TRAJECTORY, "role": "expert_on_frozen_coefficient"},
+                          expert={"below": 5, "width": 16}, model={"width": 8}, training={"steps": 4, "batch_size": 2})
     expert = DarcyExperiment(config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path / "expert", progress=False)
-    with pytest.raises(ConfigError, match="frozen_coefficient: the run .* starts from the denoiser of its coefficient"):
+    with pytest.raises(ConfigError, match="the expert run .* starts from a full-range denoiser"):
+        expert.trainer()
+    with pytest.raises(ConfigError, match="starts from the denoiser of its coefficient"):
         expert.trainer(high)
-    with pytest.raises(ConfigError, match="takes no coefficient model"):
-        runs["full"].trainer(coefficient=coefficient)
-    fresh = expert.build_model()
+    parts = expert.build_model()
+    assert all(p.requires_grad for p in parts.trained.parameters())
+    assert not any(p.requires_grad for part in (parts.full_range, parts.coefficient) for p in part.parameters())
+    assert count_parameters(parts.trained) > count_parameters(parts.full_range)  # expert.width 16 against 8
     summary = expert.train(high, coefficient)
-    assert summary.components["state"] > 0  # the composed chains' states reach the loss
+    assert summary.components["state"] > 0  # the trajectory states of the composition reach the expert's loss
 
     model, _ = expert.load_denoiser()
-    if steps == "all":
-        assert isinstance(model, ChannelExperts) and isinstance(model.base, TimestepExperts)
-        composition = model
-        other, frozen_high, low, fresh_low = model.other, model.base.high, model.base.low, fresh.base.low
-    else:
-        assert isinstance(model, TimestepExperts) and isinstance(model.high, ChannelExperts)
-        composition = model.high
-        other, frozen_high, low, fresh_low = model.high.other, model.high.base, model.low, fresh.low
-    assert composition.channels == expert.coefficient_channels() == (1,)
-    for part, source in ((other, coefficient), (frozen_high, high)):
-        for key, value in source.state_dict().items():
-            assert torch.equal(part.state_dict()[key], value), key
-    assert sum(p.numel() for p in fresh.parameters() if p.requires_grad) == sum(p.numel() for p in fresh_low.parameters())
-    assert any(not torch.equal(a, b) for a, b in zip(low.parameters(), fresh_low.parameters()))
-    # each step's estimate: K from the frozen model where it acts, p from the trained pair (to the rounding of
-    # float32 networks on the smaller batches that TimestepExperts routes)
     x, t = torch.randn(3, 2, expert.fields.n_nodes), torch.tensor([1, 4, 12])
     with torch.no_grad():
-        composed, own, other_estimate = model(x, t), low(x, t), coefficient(x, t)
-        full_range = high(x, t)
-    takes_other = t >= 0 if steps == "all" else t >= 5
-    torch.testing.assert_close(composed[takes_other, 1], other_estimate[takes_other, 1], rtol=0, atol=1e-6)
-    torch.testing.assert_close(composed[~takes_other, 1], own[~takes_other, 1], rtol=0, atol=1e-6)
-    torch.testing.assert_close(composed[t < 5, 0], own[t < 5, 0], rtol=0, atol=1e-6)
-    torch.testing.assert_close(composed[t >= 5, 0], full_range[t >= 5, 0], rtol=0, atol=1e-6)
-    assert not torch.allclose(composed[t < 5, 0], other_estimate[t < 5, 0])
+        out, k_only, high_only = model(x, t), coefficient(x, t), high(x, t)
+    torch.testing.assert_close(out[:, 1], k_only[:, 1])  # K is the frozen coefficient model's at every step
+    torch.testing.assert_close(out[2, 0], high_only[2, 0])  # p is the frozen full-range model's at t >= 5
+    assert not torch.allclose(out[:2, 0], high_only[:2, 0])  # and the trained expert's below
     rows = expert.sample(2, seed=1)
     assert rows.shape == (2, 2 * expert.fields.n_nodes) and np.all(np.isfinite(rows))
-    # diffusion.expert_start: full_range starts the expert (not the frozen coefficient) as the full-range model
-    warm_config = dataclasses.replace(config, diffusion=dataclasses.replace(config.diffusion, expert_start="full_range"))
-    warm = DarcyExperiment(warm_config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path / "warm", progress=False)
-    warm_model = warm.trainer(high, coefficient).model
-    warm_low = warm_model.base.low if steps == "all" else warm_model.low
-    for key, value in high.state_dict().items():
-        assert torch.equal(warm_low.state_dict()[key], value), key
-    # a pair trained without a frozen coefficient, composed afterwards, has the trained composition's structure
-    unfrozen = {**trajectory, "expert_below": 5}
-    plain = DarcyExperiment(small_config(model={"width": 8}, diffusion=unfrozen), COARSE_MESH, data_dir=data_dir,
-                            run_dir=tmp_path / "plain", progress=False)
-    assert plain.with_coefficient_of(plain.build_model(), coefficient, steps).state_dict().keys() == fresh.state_dict().keys()
-    with pytest.raises(ConfigError, match="must be 'all' or 'high', got 'low'"):
-        plain.with_coefficient_of(plain.build_model(), coefficient, "low")
-
-    guided = small_config(model={"width": 8}, diffusion={"method": "physics_guided", "frozen_coefficient": True})
-    with pytest.raises(ConfigError, match="frozen_coefficient: a physics-guided model's condition channels"):
-        DarcyExperiment(guided, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path / "guided", progress=False).build_model()
-    alone = small_config(model={"width": 8}, diffusion={"frozen_coefficient": True, "frozen_coefficient_steps": "high"})
-    with pytest.raises(ConfigError, match="frozen_coefficient_steps: 'high' needs a low-noise expert"):
-        DarcyExperiment(alone, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path / "alone", progress=False).build_model()
-
-
-def test_an_expert_given_the_frozen_coefficient_estimate_sees_it_in_place_of_the_noisy_coefficient(
-    data_dir, tmp_path, full_range_and_ddpm_runs
-):
-    """diffusion.coefficient_input: estimate: the expert network's K input is the frozen model's clean
-    estimate, the same module as the composition's K (so trained and sampled consistently)."""
-    from pidm_fem.diffusion import EstimatedChannelInputs
-
-    high, _ = full_range_and_ddpm_runs["full"].load_denoiser()
-    coefficient, _ = full_range_and_ddpm_runs["ddpm"].load_denoiser()
-    given = {**TINY_TRAJECTORY, "expert_below": 5, "frozen_coefficient": True, "coefficient_input": "estimate"}
-    config = small_config(model={"width": 8}, diffusion=given, training={"steps": 4, "batch_size": 2})
-    expert = DarcyExperiment(config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path / "given", progress=False)
-    fresh = expert.build_model()
-    assert isinstance(fresh.base.low, EstimatedChannelInputs) and fresh.base.low.estimator is fresh.other
-    assert sum(p.numel() for p in fresh.parameters() if p.requires_grad) == sum(
-        p.numel() for p in fresh.base.low.network.parameters())
-    summary = expert.train(high, coefficient)
-    assert summary.components["state"] > 0
-
-    model, _ = expert.load_denoiser()
-    low, other = model.base.low, model.other
-    assert low.estimator is other and low.channels == expert.coefficient_channels() == (1,)
-    for key, value in coefficient.state_dict().items():
-        assert torch.equal(other.state_dict()[key], value), key
-    x, t = torch.randn(3, 2, expert.fields.n_nodes), torch.tensor([1, 4, 12])
+    # the physics-exact reference: the coefficient's own FEM pressure solves the discrete problem
+    exact = expert.with_solved_state(rows)
+    np.testing.assert_array_equal(exact[:, expert.problem.layout.block("K")], rows[:, expert.problem.layout.block("K")])
     with torch.no_grad():
-        composed, other_estimate = model(x, t), coefficient(x, t)
-        given_input = torch.stack([x[:, 0], other_estimate[:, 1]], dim=1)
-        own_given, own_noisy = low.network(given_input, t), low.network(x, t)
-    torch.testing.assert_close(composed[:, 1], other_estimate[:, 1], rtol=0, atol=1e-6)
-    torch.testing.assert_close(composed[t < 5, 0], own_given[t < 5, 0], rtol=0, atol=1e-6)
-    assert not torch.allclose(own_given[t < 5, 0], own_noisy[t < 5, 0])  # the input it sees is not x's K
-    rows = expert.sample(2, seed=1)
-    assert rows.shape == (2, 2 * expert.fields.n_nodes) and np.all(np.isfinite(rows))
-    # the warm start copies the full-range model into the expert network, not around it
-    warm_config = dataclasses.replace(config, diffusion=dataclasses.replace(config.diffusion, expert_start="full_range"))
-    warm = DarcyExperiment(warm_config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path / "warm", progress=False)
-    warm_network = warm.trainer(high, coefficient).model.base.low.network
-    for key, value in high.state_dict().items():
-        assert torch.equal(warm_network.state_dict()[key], value), key
-
-    for diffusion in ({"coefficient_input": "estimate"},
-                      {"expert_below": 5, "frozen_coefficient": True, "frozen_coefficient_steps": "high",
-                       "coefficient_input": "estimate"}):
-        with pytest.raises(ConfigError, match="coefficient_input: 'estimate' needs a frozen coefficient at every step"):
-            small_config(diffusion=diffusion)
+        assert expert.strong_residual(expert.fields.to_nodes(torch.from_numpy(exact))).abs().max() < 1e-8

@@ -14,8 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from pidm_fem.diffusion.estimates import noised_data_estimates
-from pidm_fem.diffusion.experts import ChannelExperts, EstimatedChannelInputs, TimestepExperts
+from pidm_fem.diffusion.experts import ChannelExperts, TimestepExperts
 from pidm_fem.diffusion.guidance import CoCoGenCorrector, PhysicsGuidedConditioning
 from pidm_fem.diffusion.input_views import LinearViewInputs, spectral_norm_estimate
 from pidm_fem.diffusion.losses import PIDMLoss
@@ -23,7 +22,6 @@ from pidm_fem.diffusion.normalization import FieldNormalizer, LinearChannelMap, 
 from pidm_fem.diffusion.parameterization import VPredictionDenoiser, x0_denoiser
 from pidm_fem.diffusion.samplers import sample
 from pidm_fem.diffusion.schedule import CosineSchedule
-from pidm_fem.diffusion.subspace import FieldSubspaces, SubspaceDenoiser, principal_subspace
 from pidm_fem.diffusion.trajectory_states import TrajectoryStates
 
 C, N = 2, 5  # fields and nodes of the toy samples
@@ -226,23 +224,6 @@ def test_sampler_reports_each_estimate_and_the_last_is_the_sample(normalizer, da
     assert len(times) == 10 and times == sorted(times, reverse=True) and times[0] == 99
     assert torch.equal(recorded[-1][1], samples)  # deterministic DDIM ends on its last estimate (physical units)
     assert not torch.allclose(recorded[0][1], samples)
-
-
-def test_noised_data_estimates_share_one_noise_draw(normalizer, data):
-    schedule = CosineSchedule()
-    identity = VPredictionDenoiser(FixedDenoiser(torch.zeros_like(data)), schedule)  # x0_hat = sqrt(abar) x_t
-    estimates = noised_data_estimates(identity, schedule, normalizer, data, [0, 40, 99],
-                                      generator=torch.Generator().manual_seed(2))
-    assert sorted(estimates) == [0, 40, 99]
-    x0 = normalizer.normalize(data)
-    noises = []
-    for t, (x_t, x0_hat) in estimates.items():
-        abar = schedule.alpha_bar[t]
-        x_t = normalizer.normalize(x_t)
-        assert torch.allclose(normalizer.normalize(x0_hat), abar.sqrt() * x_t, atol=1e-12)
-        noises.append((x_t - abar.sqrt() * x0) / (1 - abar).sqrt())
-    assert all(torch.allclose(noise, noises[0], atol=1e-9) for noise in noises)
-    assert noises[0].std() == pytest.approx(1.0, abs=0.3)
 
 
 def test_sample_estimate_with_oracle_returns_x0(normalizer, data):
@@ -722,86 +703,6 @@ def test_linear_views_append_the_scaled_mapped_channels_to_the_condition():
         LinearViewInputs(recorder, [])
 
 
-# ---------------------------------------------------------------- principal subspace of the estimate
-
-
-def test_principal_subspace_is_weighted_orthonormal_and_holds_data_of_its_rank():
-    rng = np.random.default_rng(4)
-    n, rank = 30, 5
-    weights = rng.uniform(0.5, 2.0, n)
-    offset, directions = rng.normal(size=n), rng.normal(size=(rank, n))
-    data = offset + rng.normal(size=(40, rank)) @ directions  # an affine subspace of dimension 5
-    mean, basis = principal_subspace(data, weights, rank)
-    gram = basis.T @ (basis * torch.as_tensor(weights)[:, None])
-    torch.testing.assert_close(gram, torch.eye(rank, dtype=torch.float64))
-    x = torch.as_tensor(data)
-    projected = mean + ((x - mean) * torch.as_tensor(weights)) @ basis @ basis.T
-    torch.testing.assert_close(projected, x)
-    # fewer modes keep the directions of largest variance: the data's error shrinks with every mode
-    errors = []
-    for modes in range(1, rank + 1):
-        mean, basis = principal_subspace(data, weights, modes)
-        projected = mean + ((x - mean) * torch.as_tensor(weights)) @ basis @ basis.T
-        errors.append(float(((projected - x) ** 2 * torch.as_tensor(weights)).sum()))
-    assert all(a > b for a, b in zip(errors, errors[1:])) and errors[-1] < 1e-18 * errors[0] + 1e-20
-    with pytest.raises(ValueError, match="modes must lie in"):
-        principal_subspace(data, weights, 31)
-    with pytest.raises(ValueError, match="must be positive"):
-        principal_subspace(data, -weights, 2)
-    with pytest.raises(ValueError, match="need data"):
-        principal_subspace(data, weights[:-1], 2)
-
-
-def test_subspace_denoiser_projects_every_channel_and_keeps_the_networks_state_dict():
-    rng = np.random.default_rng(5)
-    n = 12
-    weights = rng.uniform(0.5, 2.0, n)
-    subspaces = [principal_subspace(rng.normal(size=(8, n)), weights, modes) for modes in (3, 6)]
-
-    class Raw(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.scale = torch.nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
-
-        def forward(self, x, t, cond=None, scalars=None):
-            return self.scale * x
-
-    model = SubspaceDenoiser(Raw(), FieldSubspaces(subspaces, weights))
-    assert list(model.state_dict()) == ["denoiser.scale"]
-    x = torch.as_tensor(rng.normal(size=(4, 2, n)))
-    out = model(x, torch.zeros(4, dtype=torch.int64))
-    for channel, (mean, basis) in enumerate(subspaces):
-        coefficients = ((out[:, channel] - mean) * torch.as_tensor(weights)) @ basis
-        torch.testing.assert_close(mean + coefficients @ basis.T, out[:, channel])  # in the subspace
-        residual = 2 * x[:, channel] - out[:, channel]
-        torch.testing.assert_close((residual * torch.as_tensor(weights)) @ basis,
-                                   torch.zeros(4, basis.shape[1], dtype=torch.float64), atol=1e-12, rtol=0)
-    torch.testing.assert_close(model.subspaces.project(out), out)  # idempotent
-    with pytest.raises(ValueError, match="the samples have 1 channels, the subspaces are 2"):
-        model(x[:, :1], torch.zeros(4, dtype=torch.int64))
-    # the leading directions of the larger subspace are the smaller principal subspace
-    data = rng.normal(size=(8, n))
-    wide, narrow = principal_subspace(data, weights, 6), principal_subspace(data, weights, 3)
-    leading = FieldSubspaces([wide], weights).leading(3)
-    torch.testing.assert_close(leading.project(x[:, :1]), FieldSubspaces([narrow], weights).project(x[:, :1]))
-    with pytest.raises(ValueError, match=r"modes must lie in \[1, 6\], got 7"):
-        FieldSubspaces([wide], weights).leading(7)
-    with pytest.raises(ValueError, match="does not match the 12 nodes"):
-        FieldSubspaces([(subspaces[0][0][:-1], subspaces[0][1])], weights)
-
-
-class _Recorder(nn.Module):
-    """x0_hat = scale * x_t, remembering the timesteps (and conditions) it was called with."""
-
-    def __init__(self, scale: float):
-        super().__init__()
-        self.scale, self.calls = scale, []
-
-    def forward(self, x, t, cond=None, scalars=None):
-        self.calls.append((t.clone(), None if cond is None else cond.clone()))
-        return self.scale * x
-
-
 def test_timestep_experts_route_each_sample_to_one_expert():
     low, high = _Recorder(2.0), _Recorder(-1.0)
     experts = TimestepExperts(low, high, split=10)
@@ -836,18 +737,3 @@ def test_channel_experts_take_the_named_channels_from_the_other_denoiser():
             ChannelExperts(base, other, channels)
 
 
-def test_estimated_channel_inputs_hand_the_network_the_estimate_of_the_named_channels():
-    network, estimator = _Recorder(2.0), _Recorder(-3.0)
-    given = EstimatedChannelInputs(network, estimator, (1,))
-    x, cond, t = torch.randn(4, 3, 6, requires_grad=True), torch.randn(4, 1, 6), torch.tensor([0, 5, 17, 99])
-    out = given(x, t, cond=cond)
-    torch.testing.assert_close(out[:, [0, 2]], 2.0 * x[:, [0, 2]])
-    torch.testing.assert_close(out[:, 1], 2.0 * -3.0 * x[:, 1])  # the network saw the estimate, -3 x
-    for recorder in (network, estimator):
-        assert torch.equal(recorder.calls[0][0], t) and torch.equal(recorder.calls[0][1], cond)
-    out[:, 1].sum().backward()  # the gradient reaches x through the estimate
-    torch.testing.assert_close(x.grad[:, 1], torch.full((4, 6), -6.0))
-    with pytest.raises(ValueError, match="out of range for 3 channels"):
-        EstimatedChannelInputs(network, estimator, (3,))(x, t)
-    with pytest.raises(ValueError, match="channels must be distinct non-negative integers"):
-        EstimatedChannelInputs(network, estimator, (0, 0))

@@ -39,7 +39,7 @@ from pidm_fem.training.trainer import Trainer, TrainingDiverged, learning_rate
 def test_config_defaults_and_round_trip(tmp_path):
     default = config_from_dict(None)
     assert default == RunConfig()
-    assert default.training.lr == 1e-4 and default.diffusion.T == 100 and default.model.kind == "unet"
+    assert default.training.lr == 1e-3 and default.diffusion.T == 100 and default.model.kind == "mesh"
     cfg = config_from_dict(
         {
             "model": {"kind": "mesh", "width": 16},
@@ -90,10 +90,10 @@ def test_load_config_from_yaml_text(tmp_path):
         ),
         ("training:\n  device: gpu\n", "training.device: must be a torch device such as 'cpu' or 'cuda:0', got 'gpu'"),
         ("sampling:\n  ddim_steps: 500\n", "sampling.ddim_steps: must be <= diffusion.T (100), got 500"),
-        (
-            "diffusion:\n  expert_start: full_range\n",
-            "diffusion.expert_start: 'full_range' needs an expert run (diffusion.expert_below > 0)",
-        ),
+        ("expert:\n  below: 200\n", "expert.below: must be at most diffusion.T (100), got 200"),
+        ("expert:\n  width: 0\n", "expert.width: must be >= 1, got 0"),
+        ("cocogen:\n  apply_to: ddpm\n", "cocogen.apply_to: must be a list, got str 'ddpm'"),
+        ("preset: paperr\n", "preset: must be one of 'project', 'paper', got 'paperr'"),
         ("training:\n  lr_schedule: linear\n", "training.lr_schedule: must be one of 'constant', 'cosine'"),
         ("training: [1, 2]\n", "training: must be a mapping of keys to values, got list"),
         ("training:\n  lr: 0.1\n  lr: 0.2\n", "invalid YAML: duplicate key 'lr' (line 3, column 3)"),
@@ -432,7 +432,7 @@ def test_trained_configuration_keeps_what_shapes_the_weights():
         return trained_configuration(config_to_dict(config_from_dict({"diffusion": diffusion})))
 
     assert trained(method="ddpm", c_residual=1e-3) == trained(method="ddpm", c_residual=1.0, residual="weak")
-    assert trained(method="ddpm") != trained(method="ddpm", prediction="v")
+    assert trained(method="ddpm") != trained(method="ddpm", prediction="x0")
     assert trained(method="pidm", c_residual=1e-3) != trained(method="pidm", c_residual=1.0)
     assert trained(method="pidm", residual="strong") != trained(method="pidm", residual="preconditioned")
     assert trained(method="pidm", cond_dropout=0.1) == trained(method="pidm", cond_dropout=0.2)

@@ -7,8 +7,7 @@ normalised units; physics enters as differentiable callables on physical samples
 
 from __future__ import annotations
 
-from pidm_fem.diffusion.estimates import noised_data_estimates
-from pidm_fem.diffusion.experts import ChannelExperts, EstimatedChannelInputs, TimestepExperts
+from pidm_fem.diffusion.experts import ChannelExperts, TimestepExperts
 from pidm_fem.diffusion.guidance import CoCoGenCorrector, PhysicsGuidedConditioning, Residual
 from pidm_fem.diffusion.input_views import LinearViewInputs
 from pidm_fem.diffusion.losses import Functional, PIDMLoss
@@ -16,7 +15,6 @@ from pidm_fem.diffusion.normalization import ChannelMap, FieldNormalizer, Linear
 from pidm_fem.diffusion.parameterization import VPredictionDenoiser, x0_denoiser
 from pidm_fem.diffusion.samplers import sample
 from pidm_fem.diffusion.schedule import CosineSchedule
-from pidm_fem.diffusion.subspace import FieldSubspaces, SubspaceDenoiser, principal_subspace
 from pidm_fem.diffusion.trajectory_states import TrajectoryStates
 
 __all__ = [
@@ -24,9 +22,7 @@ __all__ = [
     "ChannelMap",
     "CoCoGenCorrector",
     "CosineSchedule",
-    "EstimatedChannelInputs",
     "FieldNormalizer",
-    "FieldSubspaces",
     "Functional",
     "LinearChannelMap",
     "LinearViewInputs",
@@ -34,12 +30,9 @@ __all__ = [
     "PIDMLoss",
     "PhysicsGuidedConditioning",
     "Residual",
-    "SubspaceDenoiser",
     "TimestepExperts",
     "TrajectoryStates",
     "VPredictionDenoiser",
-    "noised_data_estimates",
-    "principal_subspace",
     "sample",
     "x0_denoiser",
 ]

@@ -96,38 +96,3 @@ class ChannelExperts(nn.Module):
         """The composed clean estimates of x (B, C, n) at steps t (B,)."""
         return torch.where(_channel_mask(self.channels, x), self.other(x, t, cond=cond, scalars=scalars),
                            self.base(x, t, cond=cond, scalars=scalars))
-
-
-class EstimatedChannelInputs(nn.Module):
-    """``network`` applied to x whose channels ``channels`` are replaced by ``estimator``'s clean estimate.
-
-    A conditional denoiser in a cascade: where a :class:`ChannelExperts` composes the
-    network's estimate of the other fields with ``estimator``'s of ``channels``, the
-    network can only be consistent with that estimate if it sees it; through x_t it sees
-    a noisy copy, whose fine-scale derivatives the estimate does not share. Here it
-    receives the estimate itself in those channels (gradients flow through it to x, not
-    to ``estimator``'s parameters if they are frozen).
-
-    Parameters
-    ----------
-    network
-        x0-predicting denoiser ``network(x_t, t, cond=None, scalars=None)``; its estimate of
-        ``channels`` is that of a model shown a clean input there, meant to be discarded
-        (a :class:`ChannelExperts` with the same ``estimator`` and ``channels`` around it).
-    estimator
-        x0-predicting denoiser in the same normalised units, which sees x unchanged.
-    channels
-        Distinct non-negative channel indices whose input is replaced; at least one.
-    """
-
-    def __init__(self, network: nn.Module, estimator: nn.Module, channels: tuple[int, ...]):
-        super().__init__()
-        self.network, self.estimator, self.channels = network, estimator, _checked_channels(channels)
-
-    def forward(
-        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None, scalars: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """The network's clean estimate of x (B, C, n) at steps t (B,), given the estimator's of ``channels``."""
-        replaced = _channel_mask(self.channels, x)
-        estimate = self.estimator(x, t, cond=cond, scalars=scalars)
-        return self.network(torch.where(replaced, estimate, x), t, cond=cond, scalars=scalars)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from functools import cache
 from pathlib import Path
-from typing import Any, ClassVar, Literal, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, Literal, Optional, Union, get_args, get_origin, get_type_hints
 
 import torch
 import yaml
@@ -38,6 +38,11 @@ __all__ = [
     "DiffusionConfig",
     "TrainingConfig",
     "SamplingConfig",
+    "ExpertConfig",
+    "CocogenConfig",
+    "PRESETS",
+    "merge_sections",
+    "read_yaml",
     "RunConfig",
     "config_from_dict",
     "config_to_dict",
@@ -74,6 +79,10 @@ def _in_interval(low: float, high: float, closed_high: bool) -> _Check:
 
 def _fraction(value: float) -> str | None:
     return None if 0 < value <= 1 else f"must be in (0, 1], got {value}"
+
+
+def _optional(check: _Check) -> _Check:
+    return lambda value: None if value is None else check(value)
 
 
 def _torch_device(value: str) -> str | None:
@@ -119,63 +128,51 @@ class DataConfig(_Section):
 
 @dataclass(frozen=True)
 class ModelConfig(_Section):
-    """The denoiser: raster U-Net or mesh-native network, its width and attention.
+    """The denoiser: mesh-native network or raster U-Net, its width and what it sees.
 
     ``field_views: true`` also hands the network each linearly mapped field in its
     physical coordinates (under elliptic coordinates, the pressure beside its Laplacian).
     ``gradient_views: true`` hands it the recovered nodal gradient (x and y) of every
-    field in its physical coordinates (of the pressure, not of its Laplacian).
-    ``input_products: true`` adds products of two learned linear forms of the node
-    inputs to the mesh denoiser's first features (any quadratic form of its inputs,
-    such as the dot product of two gradient views, is then one exact feature).
-    ``output_modes: M > 0`` confines each channel of the clean estimate to the training
-    data's M leading principal components (:class:`~pidm_fem.diffusion.SubspaceDenoiser`).
-    ``expert_width > 0`` (a low-noise expert only) is the width of the expert's own network;
-    the frozen denoisers beside it keep ``width``, that of the runs they come from.
+    field in its physical coordinates. ``input_products: true`` adds products of two
+    learned linear forms of the node inputs to the mesh denoiser's first features (any
+    quadratic form of its inputs, such as the dot product of two gradient views, is then
+    one exact feature).
     """
 
     name: ClassVar[str] = "model"
-    kind: Literal["unet", "mesh"] = _key("unet")
-    width: int = _key(32, _at_least(1))
+    kind: Literal["unet", "mesh"] = _key("mesh")
+    width: int = _key(16, _at_least(1))
     attention: bool = _key(True)
-    field_views: bool = _key(False)
-    gradient_views: bool = _key(False)
-    input_products: bool = _key(False)
-    output_modes: int = _key(0, _at_least(0))
-    expert_width: int = _key(0, _at_least(0))
+    field_views: bool = _key(True)
+    gradient_views: bool = _key(True)
+    input_products: bool = _key(True)
 
 
 @dataclass(frozen=True)
 class DiffusionConfig(_Section):
     """The diffusion process and the loss: method, weights and the x0 estimate of the residual.
 
-    ``expert_below`` > 0 makes the run a low-noise expert: trained on the steps
-    ``t < expert_below`` only, beside a frozen full-range denoiser, and sampled with it.
-    ``frozen_coefficient`` takes the estimate of the problem's coefficient fields, at
-    every step of training and sampling, from a frozen denoiser of another run; the
-    run's own network learns the other fields. With ``frozen_coefficient_steps: high``
-    (an expert only) it does so at the full-range model's steps ``t >= expert_below``
-    only, and the expert estimates every field below. ``expert_start`` (an expert only)
-    is the expert network's first weights: "scratch" (a fresh network) or "full_range" (a
-    copy of the full-range denoiser's, which the expert then trains on its own steps).
-    ``coefficient_input`` (with ``frozen_coefficient`` at every step) is what the run's own
-    network sees of the coefficient fields: "noisy" (their channels of x_t, as every
-    denoiser) or "estimate" (the frozen denoiser's clean estimate in their place, the
-    coefficient its estimate of the other fields is composed with).
+    ``role`` is set by a method of the registry (:mod:`pidm_fem.experiments.methods`):
+    ``model`` trains a denoiser for every step; ``expert`` trains a low-noise expert for
+    the steps ``t < expert.below`` beside a frozen full-range denoiser and is sampled with
+    it; ``expert_on_frozen_coefficient`` does the same while the estimate of the problem's
+    coefficient fields comes, at every step of training and sampling, from a frozen
+    denoiser of another run (the expert's network learns the other fields).
     """
 
     name: ClassVar[str] = "diffusion"
     T: int = _key(100, _at_least(1))
     method: Literal["pidm", "ddpm", "physics_guided"] = _key("pidm")
+    role: Literal["model", "expert", "expert_on_frozen_coefficient"] = _key("model")
     c_data: float = _key(1.0, _at_least(0))
     c_residual: float = _key(1e-3, _at_least(0))
     residual: Literal["strong", "weak", "preconditioned"] = _key("strong")
-    representation: Literal["nodal", "elliptic"] = _key("nodal")
-    residual_gradient: Literal["all", "state"] = _key("all")
+    representation: Literal["nodal", "elliptic"] = _key("elliptic")
+    residual_gradient: Literal["all", "state"] = _key("state")
     physics_t_fraction: float = _key(1.0, _fraction)
-    prediction: Literal["x0", "v"] = _key("x0")
+    prediction: Literal["x0", "v"] = _key("v")
     x0_estimation: Literal["mean", "sample"] = _key("mean")
-    sample_steps: int = _key(4, _at_least(1))
+    sample_steps: int = _key(2, _at_least(1))
     min_snr_gamma: float = _key(5.0, _above(0))
     cond_dropout: float = _key(0.1, _in_interval(0, 1, closed_high=False))
     c_state: float = _key(0.0, _at_least(0))
@@ -184,11 +181,6 @@ class DiffusionConfig(_Section):
     trajectory_steps: int = _key(10, _at_least(1))
     trajectory_t_fraction: float = _key(0.5, _fraction)
     trajectory_eta: float = _key(0.0, _in_interval(0, 1, closed_high=True))
-    expert_below: int = _key(0, _at_least(0))
-    expert_start: Literal["scratch", "full_range"] = _key("scratch")
-    frozen_coefficient: bool = _key(False)
-    frozen_coefficient_steps: Literal["all", "high"] = _key("all")
-    coefficient_input: Literal["noisy", "estimate"] = _key("noisy")
     c_eq: float = _key(0.0, _at_least(0))
     c_ineq: float = _key(0.0, _at_least(0))
     lambda_opt: float = _key(0.0, _at_least(0))
@@ -207,78 +199,111 @@ class TrainingConfig(_Section):
     """
 
     name: ClassVar[str] = "training"
-    steps: int = _key(10000, _at_least(1))
-    batch_size: int = _key(32, _at_least(1))
-    lr: float = _key(1e-4, _above(0))
+    steps: int = _key(3000, _at_least(1))
+    batch_size: int = _key(16, _at_least(1))
+    lr: float = _key(1e-3, _above(0))
     lr_schedule: Literal["constant", "cosine"] = _key("constant")
     grad_clip: float = _key(1.0, _above(0))
     ema_decay: float = _key(0.99, _in_interval(0, 1, closed_high=False))
-    ema_start: int = _key(1000, _at_least(0))
-    val_every: int = _key(500, _at_least(0))
-    checkpoint_every: int = _key(500, _at_least(0))
+    ema_start: int = _key(500, _at_least(0))
+    val_every: int = _key(250, _at_least(0))
+    checkpoint_every: int = _key(100, _at_least(0))
     keep_every: int = _key(0, _at_least(0))
-    log_every: int = _key(10, _at_least(1))
+    log_every: int = _key(25, _at_least(1))
     seed: int = _key(0, _at_least(0))
     device: str = _key("cpu", _torch_device)
 
 
 @dataclass(frozen=True)
 class SamplingConfig(_Section):
-    """Sampling: sampler, DDIM steps and eta, guidance scale, CoCoGen corrections, sample count."""
+    """Sampling: sampler, DDIM steps and eta, guidance scale of physics-guided models, sample count."""
 
     name: ClassVar[str] = "sampling"
-    sampler: Literal["ddpm", "ddim"] = _key("ddpm")
+    sampler: Literal["ddpm", "ddim"] = _key("ddim")
     ddim_steps: int = _key(50, _at_least(1))
     eta: float = _key(0.0, _in_interval(0, 1, closed_high=True))
     guidance_scale: float = _key(3.0, _at_least(0))
-    cocogen_during: int = _key(0, _at_least(0))
-    cocogen_after: int = _key(0, _at_least(0))
-    cocogen_step: float = _key(1e-3, _above(0))
-    cocogen_line_search: bool = _key(False)
-    cocogen_gradient: Literal["all", "state"] = _key("all")
-    n_samples: int = _key(64, _at_least(1))
+    n_samples: int = _key(128, _at_least(1))
+
+
+@dataclass(frozen=True)
+class ExpertConfig(_Section):
+    """The low-noise expert of a method that has one: its steps ``t < below``, network and optimiser.
+
+    ``width``, ``steps``, ``lr`` and ``lr_schedule`` of null take the ``model`` and
+    ``training`` values; a run of ``steps`` starts its EMA at ``min(training.ema_start, steps // 2)``.
+    """
+
+    name: ClassVar[str] = "expert"
+    below: int = _key(10, _at_least(1))
+    width: Optional[int] = _key(32, _optional(_at_least(1)))
+    steps: Optional[int] = _key(4500, _optional(_at_least(1)))
+    lr: Optional[float] = _key(4e-3, _optional(_above(0)))
+    lr_schedule: Optional[Literal["constant", "cosine"]] = _key(None)
+
+
+@dataclass(frozen=True)
+class CocogenConfig(_Section):
+    """CoCoGen (Jacobsen et al.): residual-gradient corrections of the samples of the methods ``apply_to``.
+
+    ``during`` corrections in each of the last denoising steps and ``after`` more after
+    sampling, each a gradient step of the squared residual from the trial step ``step``
+    (normalised units), with a per-sample Armijo line search when ``line_search``;
+    ``gradient: state`` changes the state fields only (the coefficient is the sample's).
+    """
+
+    name: ClassVar[str] = "cocogen"
+    apply_to: tuple[str, ...] = _key(())
+    during: int = _key(5, _at_least(0))
+    after: int = _key(400, _at_least(0))
+    step: float = _key(1e-3, _above(0))
+    line_search: bool = _key(True)
+    gradient: Literal["all", "state"] = _key("state")
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """The whole run configuration; checks the keys that depend on each other."""
+    """The whole run configuration; checks the keys that depend on each other (the one place that does)."""
 
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    expert: ExpertConfig = field(default_factory=ExpertConfig)
+    cocogen: CocogenConfig = field(default_factory=CocogenConfig)
 
     def __post_init__(self) -> None:
         T = self.diffusion.T
-        if self.diffusion.expert_start != "scratch" and not self.diffusion.expert_below:
+        if self.diffusion.role != "model" and self.diffusion.method == "physics_guided":
+            raise ConfigError("diffusion.role: a low-noise expert cannot be physics_guided (no condition channels)")
+        if self.expert.below > T:
+            raise ConfigError(f"expert.below: must be at most diffusion.T ({T}), got {self.expert.below}")
+        if self.diffusion.representation == "nodal" and self.model.field_views:
             raise ConfigError(
-                f"diffusion.expert_start: {self.diffusion.expert_start!r} needs an expert run "
-                "(diffusion.expert_below > 0)"
-            )
-        expert_width = self.model.expert_width
-        if expert_width and not self.diffusion.expert_below:
-            raise ConfigError("model.expert_width: needs an expert run (diffusion.expert_below > 0)")
-        if expert_width not in (0, self.model.width) and self.diffusion.expert_start == "full_range":
-            raise ConfigError(
-                f"diffusion.expert_start: 'full_range' copies the full-range network (width {self.model.width}) "
-                f"into the expert, whose model.expert_width is {expert_width}"
-            )
-        if self.diffusion.coefficient_input == "estimate" and not (
-            self.diffusion.frozen_coefficient and self.diffusion.frozen_coefficient_steps == "all"
-        ):
-            raise ConfigError(
-                "diffusion.coefficient_input: 'estimate' needs a frozen coefficient at every step "
-                "(frozen_coefficient: true, frozen_coefficient_steps: all)"
+                "model.field_views: no field is linearly mapped; it needs diffusion.representation: elliptic"
             )
         for key, value in (
             ("diffusion.sample_steps", self.diffusion.sample_steps),
             ("diffusion.trajectory_steps", self.diffusion.trajectory_steps),
             ("sampling.ddim_steps", self.sampling.ddim_steps),
-            ("sampling.cocogen_during", self.sampling.cocogen_during),
+            ("cocogen.during", self.cocogen.during),
         ):
             if value > T:
                 raise ConfigError(f"{key}: must be <= diffusion.T ({T}), got {value}")
+
+
+#: named presets under a run file's own sections (``preset: NAME``): ``project`` is the library's
+#: defaults (the project's measured-best choices, docs/method.md); ``paper`` is the reference
+#: implementation's: the network sees the raw fields, predicts x0, and the residual is
+#: differentiated with respect to every field
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "project": {},
+    "paper": {
+        "model": {"field_views": False, "gradient_views": False, "input_products": False},
+        "diffusion": {"representation": "nodal", "prediction": "x0", "residual_gradient": "all"},
+    },
+}
 
 
 @cache
@@ -289,6 +314,16 @@ def _type_hints(cls: type) -> dict[str, Any]:
 def _converted(value: Any, annotation: Any, key: str) -> Any:
     """``value`` as the type ``annotation`` asks for, or a ConfigError naming ``key``."""
     got = f"got {type(value).__name__} {value!r}"
+    if get_origin(annotation) is Union and type(None) in get_args(annotation):
+        if value is None:
+            return None
+        (inner,) = [arg for arg in get_args(annotation) if arg is not type(None)]
+        return _converted(value, inner, key)
+    if get_origin(annotation) is tuple:
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: must be a list, {got}")
+        (inner,) = get_args(annotation)[:1]
+        return tuple(_converted(item, inner, f"{key}[{i}]") for i, item in enumerate(value))
     if get_origin(annotation) is Literal:
         choices = get_args(annotation)
         if isinstance(value, str) and value in choices:
@@ -330,6 +365,11 @@ def _build(d: Any) -> RunConfig:
     if not isinstance(d, Mapping):
         raise ConfigError(f"must be a mapping of sections, got {type(d).__name__}")
     sections = _type_hints(RunConfig)
+    d = dict(d)
+    preset = d.pop("preset", "project")
+    if preset not in PRESETS:
+        raise ConfigError(f"preset: must be one of {', '.join(map(repr, PRESETS))}, got {preset!r}")
+    d = merge_sections(PRESETS[preset], d)
     built = {}
     for section, values in d.items():
         if section not in sections:
@@ -347,6 +387,17 @@ def _build(d: Any) -> RunConfig:
     return RunConfig(**built)
 
 
+def merge_sections(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """``base``'s sections updated key by key from ``overrides``' (a section that is not a mapping replaces)."""
+    merged = {section: dict(values) if isinstance(values, Mapping) else values for section, values in base.items()}
+    for section, values in overrides.items():
+        if isinstance(values, Mapping) and isinstance(merged.get(section), dict):
+            merged[section].update(values)
+        else:
+            merged[section] = dict(values) if isinstance(values, Mapping) else values
+    return merged
+
+
 def config_from_dict(d: Mapping[str, Any] | None, source: str = "<dict>") -> RunConfig:
     """Build and check a configuration from nested mappings.
 
@@ -354,7 +405,8 @@ def config_from_dict(d: Mapping[str, Any] | None, source: str = "<dict>") -> Run
     ----------
     d
         ``{section: {key: value}}``; missing sections and keys take defaults,
-        ``None`` gives the default configuration.
+        ``None`` gives the default configuration. An optional ``preset`` entry names the
+        :data:`PRESETS` entry under the given sections (default ``project``).
     source
         Name used at the start of error messages (the file name when loading).
 
@@ -375,8 +427,11 @@ def config_from_dict(d: Mapping[str, Any] | None, source: str = "<dict>") -> Run
 
 
 def config_to_dict(config: RunConfig) -> dict[str, dict[str, Any]]:
-    """The configuration as nested plain dictionaries (YAML- and JSON-serialisable)."""
-    return dataclasses.asdict(config)
+    """The configuration as nested plain dictionaries (YAML- and JSON-serialisable; tuples as lists)."""
+    return {
+        section: {key: list(value) if isinstance(value, tuple) else value for key, value in values.items()}
+        for section, values in dataclasses.asdict(config).items()
+    }
 
 
 #: diffusion keys of PIDM's state misfit and trajectory states
@@ -390,25 +445,37 @@ _KEYS_UNREAD_IN_TRAINING = {
                        *_TRAJECTORY_KEYS),
     "pidm": ("cond_dropout",),
 }
+#: the expert keys that shape an expert run's model (the others set its optimiser)
+_EXPERT_MODEL_KEYS = ("below", "width")
+
+
+#: sections that no training step reads
+_SAMPLING_SECTIONS = ("sampling", "cocogen")
 
 
 def trained_configuration(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A configuration dict without the diffusion keys that its method's training never reads.
+    """A configuration dict without what its run's training never reads.
 
-    Two runs whose trained configurations are equal train the same weights: a DDPM
-    checkpoint serves a configuration with other PIDM-loss settings (the CoCoGen
-    baseline of a PIDM study), but not one with another schedule or model.
+    Left out: the sampling sections, the diffusion keys that the method's loss never
+    reads, and the expert section of a run that is no expert (only its split and width
+    for one: the registry writes an expert's steps and learning rate into its training
+    section). Two runs whose trained configurations are equal train the same weights: a
+    DDPM checkpoint serves a configuration with other PIDM-loss settings.
 
     Parameters
     ----------
     config
         Nested sections as :func:`config_to_dict` writes them (or a checkpoint stores them).
     """
-    trimmed = {section: dict(values) if isinstance(values, Mapping) else values for section, values in config.items()}
+    trimmed = {section: dict(values) if isinstance(values, Mapping) else values
+               for section, values in config.items() if section not in _SAMPLING_SECTIONS}
     diffusion = trimmed.get("diffusion")
     if isinstance(diffusion, dict):
         for key in _KEYS_UNREAD_IN_TRAINING.get(diffusion.get("method"), ()):
             diffusion.pop(key, None)
+        expert = trimmed.pop("expert", None)
+        if diffusion.get("role", "model") != "model" and isinstance(expert, Mapping):
+            trimmed["expert"] = {key: expert.get(key) for key in _EXPERT_MODEL_KEYS}
     return trimmed
 
 
@@ -441,6 +508,20 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
     return " ".join(str(err).split())
 
 
+def read_yaml(text: str) -> Any:
+    """Parse YAML ``text`` as run files are read (``1e-4`` a float, duplicate keys refused).
+
+    Raises
+    ------
+    ConfigError
+        ``invalid YAML: <problem> (line, column)``.
+    """
+    try:
+        return yaml.load(text, Loader=_StrictLoader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"invalid YAML: {_yaml_problem(err)}") from None
+
+
 def load_config(path: str | os.PathLike) -> RunConfig:
     """Read and check a YAML configuration file.
 
@@ -466,9 +547,9 @@ def load_config(path: str | os.PathLike) -> RunConfig:
     except OSError as err:
         raise ConfigError(f"{source}: cannot read the file ({err.strerror})") from None
     try:
-        d = yaml.load(text, Loader=_StrictLoader)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{source}: invalid YAML: {_yaml_problem(err)}") from None
+        d = read_yaml(text)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
     return config_from_dict(d, source)
 
 

@@ -1,0 +1,145 @@
+"""A benchmark run from its options: every check up front (:func:`prepare`), then the work (:func:`run`).
+
+The run file of a benchmark is the mode's sections (:mod:`pidm_fem.experiments.darcy_modes`),
+updated by a user's YAML file (``--config``) and then by ``--set section.key=value``
+overrides; the result is checked once, for every method, before any data are made.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pidm_fem.experiments import darcy_modes
+from pidm_fem.experiments.comparison import Study, train_all, train_and_sample, train_in_parallel
+from pidm_fem.experiments.methods import check_methods, method_config
+from pidm_fem.experiments.report import evaluate_runs, write_report
+from pidm_fem.mesh import MeshError, load_mesh
+from pidm_fem.mesh.builtin import MESH_DIR
+from pidm_fem.training import ConfigError, config_to_dict
+from pidm_fem.training.config import merge_sections, read_yaml
+
+#: each problem's benchmark modes
+MODES = {"darcy": darcy_modes.MODES}
+
+
+class BenchmarkError(ValueError):
+    """Bad input to a benchmark: one line naming the option, file or key."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A checked benchmark run."""
+
+    study: Study
+    mode: str
+    methods: list[str]
+    cocogen: tuple[str, ...]
+    n_samples: int
+    jobs: int
+    threads: int
+
+
+def parse_override(text: str) -> dict[str, dict[str, Any]]:
+    """``section.key=value`` (a YAML value) as ``{section: {key: value}}``; BenchmarkError if malformed."""
+    name, sep, value = text.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not sep or not dot or not section or not key:
+        raise BenchmarkError(f"--set {text!r}: expected SECTION.KEY=VALUE")
+    try:
+        parsed = read_yaml(value)
+    except ConfigError as err:
+        raise BenchmarkError(f"--set {text!r}: {err}") from None
+    return {section: {key: parsed}}
+
+
+def prepare(problem: str, mode: str, *, mesh: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
+            methods: Sequence[str] | None = None, config: str | os.PathLike | None = None,
+            overrides: Sequence[str] = (), device: str | None = None, jobs: int = 1, threads: int = 1,
+            workers: int = 1, progress: bool = True) -> Plan:
+    """Check every option and build the plan of a benchmark run.
+
+    Raises
+    ------
+    BenchmarkError
+        One line: a mesh that does not load, a bad run file or override, an unknown
+        method or one without the methods it needs, a jobs or threads count below 1.
+    """
+    settings = MODES[problem][mode]
+    for option, value in (("--jobs", jobs), ("--threads", threads)):
+        if value < 1:
+            raise BenchmarkError(f"{option} must be at least 1, got {value}")
+    mesh_path = Path(mesh) if mesh is not None else MESH_DIR / settings["mesh"]
+    try:
+        load_mesh(mesh_path)
+    except MeshError as err:
+        raise BenchmarkError(str(err)) from None
+    sections = merge_sections({}, settings["config"])
+    source = f"<{mode} mode>"
+    try:
+        if config is not None:
+            sections = merge_sections(sections, read_yaml_file(config))
+            source = str(config)
+        for text in overrides:
+            sections = merge_sections(sections, parse_override(text))
+        if device is not None:
+            sections = merge_sections(sections, {"training": {"device": device}})
+        names = list(methods or settings["methods"])
+        resolved = {name: method_config(sections, name, source) for name in names}
+        cocogen = resolved[names[0]].cocogen.apply_to
+        check_methods(names, cocogen)
+    except ConfigError as err:
+        raise BenchmarkError(str(err)) from None
+    first = resolved[names[0]]
+    out_path = Path(out) if out is not None else Path(f"outputs/{problem}_mesh_{mode}")
+    study = Study(problem, str(mesh_path), sections, out_path, workers, progress, source)
+    return Plan(study, mode, names, tuple(cocogen), first.sampling.n_samples, jobs, threads)
+
+
+def read_yaml_file(path: str | os.PathLike) -> dict:
+    """A YAML run file's sections (a ConfigError naming the file if it does not read as a mapping)."""
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the file ({err.strerror})") from None
+    try:
+        data = read_yaml(text)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def run(plan: Plan, *, train_only: bool = False, t_start: float | None = None,
+        set_threads: Callable[[int], None] | None = None) -> str | None:
+    """Train, sample, evaluate and write the report of a plan; its Markdown table (None with ``train_only``)."""
+    import time
+
+    import torch
+
+    t_start = time.perf_counter() if t_start is None else t_start
+    study = plan.study
+    problem = study.build_problem()
+    train_in_parallel(study, problem, plan.methods, plan.jobs)
+    (set_threads or torch.set_num_threads)(plan.threads)  # after the side-by-side processes (one thread each)
+    if train_only:
+        train_all(study, problem, plan.methods)
+        return None
+    runs = train_and_sample(study, problem, plan.methods, plan.n_samples, plan.cocogen)
+    experiment = study.experiment(problem, plan.methods[0])
+    summary, residuals = evaluate_runs(experiment, runs)
+    run_info = {"mode": plan.mode, "mesh": study.mesh, "n_nodes": experiment.fields.n_nodes,
+                "n_samples": plan.n_samples, "methods": plan.methods, "cocogen": list(plan.cocogen),
+                "config": config_to_dict(method_config(study.sections, plan.methods[0])),
+                "sections": study.sections, "jobs": plan.jobs, "torch_threads": torch.get_num_threads(),
+                "wall_seconds": time.perf_counter() - t_start}
+    title = f"{study.problem} on {Path(study.mesh).name} ({plan.mode} mode, {plan.n_samples} samples per method)"
+    return write_report(experiment, runs, summary, residuals, study.out / "report", title, run_info)
