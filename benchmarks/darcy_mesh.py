@@ -54,10 +54,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    # Firedrake hands sys.argv to PETSc: do not report this script's own options as unused PETSc options.
+    # Firedrake (which the registry's package loads) hands sys.argv to PETSc: do not report this
+    # script's own options as unused PETSc options.
     os.environ.setdefault("PETSC_OPTIONS", "-options_left no")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    args = parse_args(argv)
     import torch
 
     from pidm_fem.experiments.benchmark import BenchmarkError, prepare, run

@@ -25,10 +25,10 @@ def _mesh_info(args: argparse.Namespace) -> int:
 
 def _study(args: argparse.Namespace):
     """The study folder of a command's run file, problem and mesh, and the problem itself."""
-    from .experiments.benchmark import read_yaml_file
     from .experiments.comparison import Study
     from .experiments.methods import check_methods
     from .mesh import default_mesh_path
+    from .training.config import read_yaml_file
 
     sections = read_yaml_file(args.config)
     mesh = str(args.mesh or default_mesh_path())

@@ -155,7 +155,9 @@ def test_set_and_config_override_the_mode_and_bad_input_is_one_line(tmp_path):
         ("training.lr=-1",): f"{run_file}: training.lr: must be > 0, got -1.0",
         ("trainig.steps=1",): f"{run_file}: trainig: unknown section (did you mean training?)",
         ("steps=1",): "--set 'steps=1': expected SECTION.KEY=VALUE",
-        ("cocogen.apply_to=[ddpm_k_fem_p]",): "cocogen.apply_to: ddpm_k_fem_p is not among the methods run",
+        ("cocogen.apply_to=[ddpm_k_fem_p]",): "cocogen.apply_to: ddpm_k_fem_p samples another method's model; "
+                                              "correct that method",
+        ("cocogen.apply_to=[pidm_trajectory]",): "cocogen.apply_to: pidm_trajectory is not among the methods run",
         ("diffusion.representation=nodal",): f"{run_file}: model.field_views: no field is linearly mapped; "
                                              "it needs diffusion.representation: elliptic",
     }

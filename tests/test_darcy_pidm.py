@@ -158,17 +158,18 @@ def test_node_fields_take_vector_fields_on_other_spaces_at_the_same_nodes_and_re
 
 def test_build_denoiser_kinds_and_config_errors(experiment):
     mesh = experiment.mesh
-    unet = build_denoiser(ModelConfig(kind="unet", width=8), mesh, 2, cond_channels=2, n_timesteps=20)
-    net = build_denoiser(ModelConfig(kind="mesh", width=8), mesh, 2, n_timesteps=20)
+    unet_config = ModelConfig(kind="unet", width=8, input_products=False)
+    unet = build_denoiser(unet_config, mesh, 2, cond_channels=2, n_timesteps=20)
+    net = build_denoiser(ModelConfig(kind="mesh", width=8, input_products=False), mesh, 2, n_timesteps=20)
     assert isinstance(unet, RasterUNet) and unet.cond_channels == 2
     assert isinstance(net, MeshDenoiser) and net.cond_channels == 0
     x, t = torch.zeros(3, 2, mesh.n_nodes), torch.tensor([0, 5, 19])
     assert unet(x, t, cond=x).shape == net(x, t).shape == (3, 2, mesh.n_nodes)
-    no_attention = ModelConfig(kind="unet", width=8, attention=False)
+    no_attention = ModelConfig(kind="unet", width=8, attention=False, input_products=False)
     without = build_denoiser(no_attention, mesh, 2, cond_channels=2, n_timesteps=20)
     assert count_parameters(without) < count_parameters(unet)
     with pytest.raises(ConfigError, match="model.width: must be even"):
-        build_denoiser(ModelConfig(kind="unet", width=7), mesh, 2)
+        build_denoiser(ModelConfig(kind="unet", width=7, input_products=False), mesh, 2)
     with pytest.raises(ConfigError, match="model.width: must be a multiple of 4"):
         build_denoiser(ModelConfig(kind="mesh", width=6), mesh, 2)
     with pytest.raises(ConfigError, match="model.attention"):
@@ -188,7 +189,7 @@ def test_diffusion_loss_methods(experiment):
 
     ddpm_config = small_config(diffusion={"method": "ddpm"}).diffusion
     ddpm = diffusion_loss(ddpm_config, experiment.schedule, normalizer, forbidden)
-    model = experiment.build_model()
+    model = experiment.build_model().model
     _, components = ddpm(model, x0, generator=torch.Generator().manual_seed(0))
     assert components["residual"] == 0 and components["data"] > 0
     guided = diffusion_loss(
@@ -355,9 +356,8 @@ def test_field_views_show_the_network_the_pressure_under_elliptic_coordinates(da
     p = experiment.fields.to_nodes(torch.as_tensor(experiment.dataset().train))[:, 0]
     q = experiment.channel_maps()[0].forward(p)
     torch.testing.assert_close(q @ views[0][1].T, p, rtol=1e-8, atol=1e-12)
-    nodal = dataclasses.replace(config, diffusion=dataclasses.replace(config.diffusion, representation="nodal"))
     with pytest.raises(ConfigError, match="model.field_views: no field is linearly mapped"):
-        DarcyExperiment(nodal, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path / "nodal", progress=False).build_model()
+        dataclasses.replace(config, diffusion=dataclasses.replace(config.diffusion, representation="nodal"))
 
 
 def test_gradient_views_are_the_recovered_gradients_of_the_physical_fields(data_dir, tmp_path):
@@ -387,7 +387,7 @@ def test_physics_guided_run_samples_with_guidance(data_dir, tmp_path):
         sampling={"sampler": "ddim", "ddim_steps": 2, "guidance_scale": 3.0},
     )
     experiment = DarcyExperiment(config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path, progress=False)
-    assert experiment.build_model().cond_channels == 2
+    assert experiment.build_model().model.cond_channels == 2
     experiment.train()
     rows = experiment.sample(2)
     assert rows.shape == (2, 2 * experiment.fields.n_nodes) and np.isfinite(rows).all()
@@ -506,7 +506,7 @@ def test_an_expert_on_a_frozen_coefficient_learns_below_its_split_beside_frozen_
     with pytest.raises(ConfigError, match="trains no expert beside a frozen model"):
         high_run.trainer(high)
 
-    config = small_config(diffusion={**TINY_TRAJECTORY, "role": "expert_on_frozen_coefficient"},
+    config = small_config(diffusion={**TINY_TRAJECTORY, "trajectory_steps": 4, "role": "expert_on_frozen_coefficient"},
                           expert={"below": 5, "width": 16}, model={"width": 8}, training={"steps": 4, "batch_size": 2})
     expert = DarcyExperiment(config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path / "expert", progress=False)
     with pytest.raises(ConfigError, match="the expert run .* starts from a full-range denoiser"):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -701,6 +700,18 @@ def test_linear_views_append_the_scaled_mapped_channels_to_the_condition():
     assert recorder.cond.shape == (3, 2, n)
     with pytest.raises(ValueError, match="at least one view"):
         LinearViewInputs(recorder, [])
+
+
+class _Recorder(nn.Module):
+    """x0_hat = scale * x_t, remembering the timesteps (and conditions) it was called with."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.scale, self.calls = scale, []
+
+    def forward(self, x, t, cond=None, scalars=None):
+        self.calls.append((t.clone(), None if cond is None else cond.clone()))
+        return self.scale * x
 
 
 def test_timestep_experts_route_each_sample_to_one_expert():

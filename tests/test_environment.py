@@ -16,6 +16,19 @@ def test_stack_imports():
     assert pidm_fem.__version__
 
 
+def test_petsc_and_petsc4py_are_one_version():
+    import warnings
+
+    import petsc4py
+    from petsc4py import PETSc
+
+    library = ".".join(map(str, PETSc.Sys.getVersion()))
+    assert library == petsc4py.__version__, f"PETSc {library} beside petsc4py {petsc4py.__version__}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # petsctools warns on a mismatch
+        import firedrake  # noqa: F401
+
+
 def test_poisson_p1_rate_two_on_shipped_unstructured_family():
     import firedrake as fd
 

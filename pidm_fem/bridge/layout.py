@@ -18,8 +18,8 @@ import numpy as np
 
 
 def space_size(space: fd.FunctionSpace) -> int:
-    """Number of scalar values of a Function in ``space`` (DOFs times value size)."""
-    return space.dof_count * int(np.prod(space.value_shape, dtype=int))
+    """Number of scalar values of a Function in ``space`` (nodes times value size)."""
+    return space.node_count * int(np.prod(space.value_shape, dtype=int))
 
 
 def space_dof_coordinates(space: fd.FunctionSpace) -> np.ndarray:

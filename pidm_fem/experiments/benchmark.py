@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from pidm_fem.experiments import darcy_modes
 from pidm_fem.experiments.comparison import Study, train_all, train_and_sample, train_in_parallel
@@ -22,7 +21,7 @@ from pidm_fem.experiments.report import evaluate_runs, write_report
 from pidm_fem.mesh import MeshError, load_mesh
 from pidm_fem.mesh.builtin import MESH_DIR
 from pidm_fem.training import ConfigError, config_to_dict
-from pidm_fem.training.config import merge_sections, read_yaml
+from pidm_fem.training.config import merge_sections, read_yaml, read_yaml_file
 
 #: each problem's benchmark modes
 MODES = {"darcy": darcy_modes.MODES}
@@ -79,17 +78,22 @@ def prepare(problem: str, mode: str, *, mesh: str | os.PathLike | None = None, o
         load_mesh(mesh_path)
     except MeshError as err:
         raise BenchmarkError(str(err)) from None
-    sections = merge_sections({}, settings["config"])
     source = f"<{mode} mode>"
     try:
+        user: dict = {}
         if config is not None:
-            sections = merge_sections(sections, read_yaml_file(config))
+            user = read_yaml_file(config)
             source = str(config)
         for text in overrides:
-            sections = merge_sections(sections, parse_override(text))
+            user = merge_sections(user, parse_override(text))
         if device is not None:
-            sections = merge_sections(sections, {"training": {"device": device}})
+            user = merge_sections(user, {"training": {"device": device}})
         names = list(methods or settings["methods"])
+        mode_sections = merge_sections({}, settings["config"])
+        if "apply_to" in mode_sections.get("cocogen", {}) and "apply_to" not in (user.get("cocogen") or {}):
+            # the mode corrects those of its methods that are run
+            mode_sections["cocogen"]["apply_to"] = [m for m in mode_sections["cocogen"]["apply_to"] if m in names]
+        sections = merge_sections(mode_sections, user)
         resolved = {name: method_config(sections, name, source) for name in names}
         cocogen = resolved[names[0]].cocogen.apply_to
         check_methods(names, cocogen)
@@ -99,23 +103,6 @@ def prepare(problem: str, mode: str, *, mesh: str | os.PathLike | None = None, o
     out_path = Path(out) if out is not None else Path(f"outputs/{problem}_mesh_{mode}")
     study = Study(problem, str(mesh_path), sections, out_path, workers, progress, source)
     return Plan(study, mode, names, tuple(cocogen), first.sampling.n_samples, jobs, threads)
-
-
-def read_yaml_file(path: str | os.PathLike) -> dict:
-    """A YAML run file's sections (a ConfigError naming the file if it does not read as a mapping)."""
-    try:
-        text = Path(path).read_text()
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read the file ({err.strerror})") from None
-    try:
-        data = read_yaml(text)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: must be a mapping of sections, got {type(data).__name__}")
-    return data
 
 
 def run(plan: Plan, *, train_only: bool = False, t_start: float | None = None,

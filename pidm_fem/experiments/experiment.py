@@ -358,7 +358,9 @@ class Experiment:
             )
             rows, _ = load_samples(path, self.fingerprint, layout.names, self.problem.settings())
             n_train, n_val = self.config.data.n_train, self.config.data.n_val
-            self._splits = Splits(train=rows[:n_train], val=rows[n_train : n_train + n_val], test=rows[n_train + n_val :])
+            self._splits = Splits(
+                train=rows[:n_train], val=rows[n_train : n_train + n_val], test=rows[n_train + n_val :]
+            )
         return self._splits
 
     def node_tensor(self, rows: np.ndarray) -> torch.Tensor:
@@ -447,7 +449,7 @@ class Experiment:
         return ChannelExperts(model, coefficient, self.coefficient_channels())
 
     def build_denoiser(self, width: int | None = None) -> nn.Module:
-        """A fresh denoiser of ``config.model``, of width ``width`` (None: ``model.width``), seeded by ``training.seed``.
+        """A fresh denoiser of ``config.model`` of width ``width`` (None: ``model.width``), seeded by ``training.seed``.
 
         Physics-guided conditioning gives it one condition channel per field, and
         ``model.field_views`` and ``model.gradient_views`` one more per view

@@ -23,7 +23,8 @@ from pidm_fem.training.config import merge_sections
 #: suffix of the rows of CoCoGen-corrected samples
 COCOGEN_SUFFIX = "+cocogen"
 #: diffusion keys of PIDM-trajectory where the run file leaves them unset: chains of 10 DDIM steps drawn
-#: every 25 training steps, states at t < T / 2, state misfit of weight 1 (docs/studies/what-trajectory-states-change.md)
+#: every 25 training steps, states at t < T / 2, state misfit of weight 1
+#: (docs/studies/what-trajectory-states-change.md)
 TRAJECTORY_DEFAULTS = {"trajectory_every": 25, "trajectory_steps": 10, "trajectory_t_fraction": 0.5, "c_state": 1.0}
 
 
@@ -121,6 +122,8 @@ def check_methods(names: list[str], cocogen: tuple[str, ...]) -> None:
     for name in cocogen:
         if name not in names:
             raise ConfigError(f"cocogen.apply_to: {name} is not among the methods run")
+        if not METHODS[name].trained:
+            raise ConfigError(f"cocogen.apply_to: {name} samples another method's model; correct that method")
 
 
 def method_config(sections: Mapping[str, Any], name: str, source: str | None = None) -> RunConfig:
@@ -146,7 +149,8 @@ def method_config(sections: Mapping[str, Any], name: str, source: str | None = N
     if method.is_expert:
         sampling = file_config.sampling
         if "trajectory_steps" in defaults:
-            defaults["trajectory_steps"] = sampling.ddim_steps if sampling.sampler == "ddim" else file_config.diffusion.T
+            chain = sampling.ddim_steps if sampling.sampler == "ddim" else file_config.diffusion.T
+            defaults["trajectory_steps"] = chain
         expert, training = file_config.expert, file_config.training
         own = {"lr": expert.lr, "lr_schedule": expert.lr_schedule}
         if expert.steps is not None:

@@ -126,7 +126,9 @@ class NodeFields:
             return x.reshape(x.shape[0], self.layout.total)
         if rows is None:
             if len(self.fields) != len(self.layout.names):
-                raise ValueError(f"the rows of the fields {self.layout.names} need the values of the non-channel fields")
+                raise ValueError(
+                    f"the rows of the fields {self.layout.names} need the values of the non-channel fields"
+                )
             rows = x.new_zeros(x.shape[0], self.layout.total)
         index = self._index.to(x.device).flatten().expand(x.shape[0], -1)
         return rows.to(x.dtype).scatter(1, index, x.reshape(x.shape[0], -1))

@@ -56,7 +56,10 @@ def _residual_function(experiment: Experiment, values: np.ndarray, name: str):
 
     mesh = experiment.problem.layout.mesh
     components = len(values) // experiment.fields.n_nodes
-    space = fd.FunctionSpace(mesh, "CG", 1) if components == 1 else fd.VectorFunctionSpace(mesh, "CG", 1, dim=components)
+    if components == 1:
+        space = fd.FunctionSpace(mesh, "CG", 1)
+    else:
+        space = fd.VectorFunctionSpace(mesh, "CG", 1, dim=components)
     function = fd.Function(space, name=name)
     function.dat.data[:] = values.reshape(function.dat.data.shape)
     return function

@@ -17,7 +17,14 @@ import numpy as np
 import torch
 
 from pidm_fem.physics.darcy_data import DarcyDataSettings, DarcySampleGenerator, make_darcy_generator
-from pidm_fem.physics.problem import Coordinates, GeneratorFactory, LinearCoordinates, LogCoordinates, Problem, RowFunction
+from pidm_fem.physics.problem import (
+    Coordinates,
+    GeneratorFactory,
+    LinearCoordinates,
+    LogCoordinates,
+    Problem,
+    RowFunction,
+)
 
 
 class DarcyFlow(Problem):

@@ -105,7 +105,10 @@ class Problem(ABC):
         """
 
     def functionals(self) -> Mapping[str, RowFunction]:
-        """Scalar terms of the PIDM loss, any of ``"equality"``, ``"inequality"``, ``"objective"``: (B, total) -> (B,)."""
+        """Scalar terms of the PIDM loss: any of ``"equality"``, ``"inequality"``, ``"objective"``.
+
+        Each maps packed rows (B, total) to (B,), differentiably.
+        """
         return {}
 
     def has_state_solve(self) -> bool:

@@ -43,6 +43,7 @@ __all__ = [
     "PRESETS",
     "merge_sections",
     "read_yaml",
+    "read_yaml_file",
     "RunConfig",
     "config_from_dict",
     "config_to_dict",
@@ -522,6 +523,30 @@ def read_yaml(text: str) -> Any:
         raise ConfigError(f"invalid YAML: {_yaml_problem(err)}") from None
 
 
+def read_yaml_file(path: str | os.PathLike) -> dict[str, Any]:
+    """A YAML run file's sections, unchecked (an empty file has none).
+
+    Raises
+    ------
+    ConfigError
+        One line starting with ``path``: a missing or unreadable file, invalid YAML, or
+        a document that is not a mapping.
+    """
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the file ({err.strerror})") from None
+    try:
+        data = read_yaml(text)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: must be a mapping of sections, got {type(data).__name__}")
+    return dict(data)
+
+
 def load_config(path: str | os.PathLike) -> RunConfig:
     """Read and check a YAML configuration file.
 
@@ -541,16 +566,7 @@ def load_config(path: str | os.PathLike) -> RunConfig:
         One line starting with ``path``: a missing or unreadable file, invalid
         YAML, an unknown key or a bad value.
     """
-    source = str(path)
-    try:
-        text = Path(path).read_text()
-    except OSError as err:
-        raise ConfigError(f"{source}: cannot read the file ({err.strerror})") from None
-    try:
-        d = read_yaml(text)
-    except ConfigError as err:
-        raise ConfigError(f"{source}: {err}") from None
-    return config_from_dict(d, source)
+    return config_from_dict(read_yaml_file(path), str(path))
 
 
 def save_config(config: RunConfig, path: str | os.PathLike) -> Path:
