@@ -20,7 +20,7 @@ from pidm_fem.training.config import ModelConfig
 COARSE_MESH = unit_square_family()[0]
 
 
-def DarcyExperiment(config, mesh, **kwargs):  # noqa: N802  (reads like the experiment it builds)
+def darcy_experiment(config, mesh, **kwargs):
     """The generic experiment of the Darcy problem on ``mesh`` with the configuration's data seed."""
     return Experiment(DarcyFlow.from_options(mesh, seed=config.data.seed), config, **kwargs)
 
@@ -47,7 +47,7 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def experiment(data_dir, tmp_path_factory):
-    return DarcyExperiment(
+    return darcy_experiment(
         small_config(), COARSE_MESH, data_dir=data_dir, run_dir=tmp_path_factory.mktemp("run"), progress=False
     )
 
@@ -75,7 +75,7 @@ def test_physics_residual_follows_the_config_and_the_reported_one_stays_strong(e
     x = experiment.fields.to_nodes(torch.from_numpy(experiment.dataset().train))
     wrong = x.clone()
     wrong[:, 0] *= 1.5
-    preconditioned = DarcyExperiment(small_config(diffusion={"residual": "preconditioned"}), COARSE_MESH,
+    preconditioned = darcy_experiment(small_config(diffusion={"residual": "preconditioned"}), COARSE_MESH,
                                      data_dir=data_dir, run_dir=tmp_path, progress=False)
     torch.testing.assert_close(preconditioned.strong_residual(wrong), experiment.residual(wrong), rtol=0, atol=0)
     torch.testing.assert_close(experiment.strong_residual(wrong), experiment.residual(wrong), rtol=0, atol=0)
@@ -268,7 +268,7 @@ def test_residual_gradient_reaches_every_parameter(experiment, kind, x0_estimati
 
 def test_training_on_four_samples_drives_the_data_loss_down(data_dir, tmp_path):
     config = small_config(training={"steps": 300, "lr": 2e-3, "log_every": 25, "val_every": 0, "checkpoint_every": 0})
-    experiment = DarcyExperiment(config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path, progress=False)
+    experiment = darcy_experiment(config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path, progress=False)
     trainer = experiment.trainer()
     train = trainer.train_data
     # evaluate() draws t and the noise from a freshly seeded generator: the same draws before and after.
@@ -291,7 +291,7 @@ def test_config_driven_run_end_to_end(data_dir, tmp_path):
     )
     config = load_config(path)
     run_dir = tmp_path / "run"
-    experiment = DarcyExperiment(config, COARSE_MESH, data_dir=data_dir, run_dir=run_dir, progress=False)
+    experiment = darcy_experiment(config, COARSE_MESH, data_dir=data_dir, run_dir=run_dir, progress=False)
     data_file = experiment.data_path()
     splits = experiment.dataset()
     assert data_file.is_file() and [len(s) for s in (splits.train, splits.val, splits.test)] == [4, 2, 2]
@@ -299,7 +299,7 @@ def test_config_driven_run_end_to_end(data_dir, tmp_path):
 
     stamp = data_file.stat().st_mtime_ns
     longer = dataclasses.replace(config, training=dataclasses.replace(config.training, steps=6))
-    resumed = DarcyExperiment(longer, COARSE_MESH, data_dir=data_dir, run_dir=run_dir, progress=False)
+    resumed = darcy_experiment(longer, COARSE_MESH, data_dir=data_dir, run_dir=run_dir, progress=False)
     summary = resumed.train()
     assert (summary.first_step, summary.last_step) == (4, 6)
     assert data_file.stat().st_mtime_ns == stamp  # the cached samples were reused
@@ -319,7 +319,7 @@ def test_config_driven_run_end_to_end(data_dir, tmp_path):
 
     other = dataclasses.replace(config, model=dataclasses.replace(config.model, width=12))
     with pytest.raises(CheckpointError, match="another model configuration"):
-        DarcyExperiment(other, COARSE_MESH, data_dir=data_dir, run_dir=run_dir, progress=False).sample(2)
+        darcy_experiment(other, COARSE_MESH, data_dir=data_dir, run_dir=run_dir, progress=False).sample(2)
 
 
 def test_elliptic_representation_round_trips_the_data_and_samples_positive_k(data_dir, tmp_path):
@@ -329,7 +329,7 @@ def test_elliptic_representation_round_trips_the_data_and_samples_positive_k(dat
         training={"steps": 2, "batch_size": 2},
         sampling={"sampler": "ddim", "ddim_steps": 2},
     )
-    experiment = DarcyExperiment(config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path, progress=False)
+    experiment = darcy_experiment(config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path, progress=False)
     normalizer = experiment.fit_normalizer()
     x0 = experiment.fields.to_nodes(torch.as_tensor(experiment.dataset().train))  # float64 rows
     z = normalizer.normalize(x0)
@@ -346,7 +346,7 @@ def test_elliptic_representation_round_trips_the_data_and_samples_positive_k(dat
 def test_field_views_show_the_network_the_pressure_under_elliptic_coordinates(data_dir, tmp_path):
     config = small_config(model={"width": 8, "field_views": True}, diffusion={"representation": "elliptic", "T": 10},
                           training={"steps": 2, "batch_size": 2}, sampling={"sampler": "ddim", "ddim_steps": 2})
-    experiment = DarcyExperiment(config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path, progress=False)
+    experiment = darcy_experiment(config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path, progress=False)
     views = experiment.input_views()
     assert [channel for channel, _ in views] == [experiment.fields.channel("p")]
     experiment.train()
@@ -364,7 +364,7 @@ def test_gradient_views_are_the_recovered_gradients_of_the_physical_fields(data_
     config = small_config(model={"width": 8, "field_views": True, "gradient_views": True},
                           diffusion={"representation": "elliptic", "T": 10},
                           training={"steps": 2, "batch_size": 2}, sampling={"sampler": "ddim", "ddim_steps": 2})
-    experiment = DarcyExperiment(config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path, progress=False)
+    experiment = darcy_experiment(config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path, progress=False)
     views = experiment.input_views()
     P, K = experiment.fields.channel("p"), experiment.fields.channel("K")
     assert [channel for channel, _ in views] == [P, P, P, K, K]
@@ -386,7 +386,7 @@ def test_physics_guided_run_samples_with_guidance(data_dir, tmp_path):
         training={"steps": 2, "batch_size": 2},
         sampling={"sampler": "ddim", "ddim_steps": 2, "guidance_scale": 3.0},
     )
-    experiment = DarcyExperiment(config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path, progress=False)
+    experiment = darcy_experiment(config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path, progress=False)
     assert experiment.build_model().model.cond_channels == 2
     experiment.train()
     rows = experiment.sample(2)
@@ -414,7 +414,7 @@ def test_resume_equals_uninterrupted_training_with_the_fem_residual(data_dir, tm
     """Bit-for-bit on CPU: 6 steps in one go == 3 steps, stop, resume for 3, with the bridge in the loss."""
     def run(run_dir, steps):
         config = small_config(model={"width": 8}, training={"steps": steps, "batch_size": 2, "checkpoint_every": 3})
-        return DarcyExperiment(config, COARSE_MESH, data_dir=data_dir, run_dir=run_dir, progress=False).train()
+        return darcy_experiment(config, COARSE_MESH, data_dir=data_dir, run_dir=run_dir, progress=False).train()
 
     run(tmp_path / "straight", 6)
     run(tmp_path / "resumed", 3)
@@ -432,7 +432,7 @@ def test_resume_with_trajectory_states_equals_uninterrupted_training(data_dir, t
             diffusion={"c_state": 1.0, "trajectory_every": 3, "trajectory_steps": 4, "trajectory_t_fraction": 0.6},
             training={"steps": steps, "batch_size": 2, "checkpoint_every": 4},
         )
-        return DarcyExperiment(config, COARSE_MESH, data_dir=data_dir, run_dir=run_dir, progress=False).train()
+        return darcy_experiment(config, COARSE_MESH, data_dir=data_dir, run_dir=run_dir, progress=False).train()
 
     summary = run(tmp_path / "straight", 6)
     assert summary.components["state"] > 0
@@ -496,10 +496,10 @@ def test_an_expert_on_a_frozen_coefficient_learns_below_its_split_beside_frozen_
     """diffusion.role: expert_on_frozen_coefficient: K from a frozen model at every step, p from the pair of a
     frozen full-range model and the trained low-noise expert below expert.below."""
     small = {"model": {"width": 8}, "training": {"steps": 2, "batch_size": 2}}
-    high_run = DarcyExperiment(small_config(diffusion=TINY_TRAJECTORY, **small), COARSE_MESH, data_dir=data_dir,
+    high_run = darcy_experiment(small_config(diffusion=TINY_TRAJECTORY, **small), COARSE_MESH, data_dir=data_dir,
                                run_dir=tmp_path / "high", progress=False)
     high_run.train()
-    coefficient_run = DarcyExperiment(small_config(diffusion={"method": "ddpm"}, **small), COARSE_MESH,
+    coefficient_run = darcy_experiment(small_config(diffusion={"method": "ddpm"}, **small), COARSE_MESH,
                                       data_dir=data_dir, run_dir=tmp_path / "coefficient", progress=False)
     coefficient_run.train()
     (high, _), (coefficient, _) = high_run.load_denoiser(), coefficient_run.load_denoiser()
@@ -508,7 +508,7 @@ def test_an_expert_on_a_frozen_coefficient_learns_below_its_split_beside_frozen_
 
     config = small_config(diffusion={**TINY_TRAJECTORY, "trajectory_steps": 4, "role": "expert_on_frozen_coefficient"},
                           expert={"below": 5, "width": 16}, model={"width": 8}, training={"steps": 4, "batch_size": 2})
-    expert = DarcyExperiment(config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path / "expert", progress=False)
+    expert = darcy_experiment(config, COARSE_MESH, data_dir=data_dir, run_dir=tmp_path / "expert", progress=False)
     with pytest.raises(ConfigError, match="the expert run .* starts from a full-range denoiser"):
         expert.trainer()
     with pytest.raises(ConfigError, match="starts from the denoiser of its coefficient"):
