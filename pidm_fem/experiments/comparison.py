@@ -107,9 +107,10 @@ def train_all(study: Study, problem: Problem, methods: list[str]) -> dict[str, E
     for name in trained_methods(methods):
         experiment = study.experiment(problem, name)
         frozen = []
+        own_units = experiment.fit_normalizer() if METHODS[name].needs else None
         for need in METHODS[name].needs:
             model, units = study.experiment(problem, need).load_denoiser()
-            require_same_units(experiment.fit_normalizer(), units, name)
+            require_same_units(own_units, units, name)
             frozen.append(model)
         experiment.train(*frozen)
         experiments[name] = experiment

@@ -444,10 +444,6 @@ class Experiment:
         return ModelParts(ChannelExperts(pair, coefficient, self.coefficient_channels()), expert, full_range,
                           coefficient)
 
-    def with_coefficient_of(self, model: nn.Module, coefficient: nn.Module) -> nn.Module:
-        """``model`` whose coefficient estimate is ``coefficient``'s (same units) at every step."""
-        return ChannelExperts(model, coefficient, self.coefficient_channels())
-
     def build_denoiser(self, width: int | None = None) -> nn.Module:
         """A fresh denoiser of ``config.model`` of width ``width`` (None: ``model.width``), seeded by ``training.seed``.
 
