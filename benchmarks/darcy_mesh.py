@@ -25,6 +25,7 @@ from pathlib import Path
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from pidm_fem.errors import debugging
     from pidm_fem.experiments.methods import METHODS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -48,6 +49,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of this process, which trains the experts, samples and evaluates "
                              "(default 1; more help only on cores that no other process uses)")
+    parser.add_argument("--debug", action="store_true", default=debugging(argv),
+                        help="show tracebacks of errors (also PIDM_FEM_DEBUG=1)")
     parser.add_argument("--train-only", action="store_true",
                         help="train the methods and stop (a later run resumes, samples and evaluates)")
     return parser.parse_args(argv)
@@ -59,18 +62,20 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PETSC_OPTIONS", "-options_left no")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     args = parse_args(argv)
+    from pidm_fem.errors import run_command
+
+    return run_command("darcy_mesh", lambda: _run(args), debug=args.debug)
+
+
+def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from pidm_fem.experiments.benchmark import BenchmarkError, prepare, run
+    from pidm_fem.experiments.benchmark import prepare, run
 
     t_start = time.perf_counter()
     jobs = len(os.sched_getaffinity(0)) if args.jobs is None else args.jobs
-    try:
-        plan = prepare("darcy", args.mode, mesh=args.mesh, out=args.out, methods=args.methods, config=args.config,
-                       overrides=args.overrides, device=args.device, jobs=jobs, threads=args.threads)
-    except BenchmarkError as err:
-        print(f"darcy_mesh: error: {err}", file=sys.stderr)
-        return 2
+    plan = prepare("darcy", args.mode, mesh=args.mesh, out=args.out, methods=args.methods, config=args.config,
+                   overrides=args.overrides, device=args.device, jobs=jobs, threads=args.threads)
     table = run(plan, train_only=args.train_only, t_start=t_start, set_threads=torch.set_num_threads)
     if table is None:
         print(f"trained in {plan.study.out / 'runs'}; run again without --train-only to sample and evaluate")

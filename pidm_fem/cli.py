@@ -1,4 +1,10 @@
-"""The ``pidm-fem`` command line."""
+"""The ``pidm-fem`` command line.
+
+Exit codes: 0 on success, 2 for bad input (a file, an option, a configuration key), 1 for
+a computation that failed; each failure is one line on stderr (a traceback only with
+``--debug`` or ``PIDM_FEM_DEBUG=1``). SIGINT or SIGTERM during training saves the step
+under way and exits with 128 + the signal's number.
+"""
 
 from __future__ import annotations
 
@@ -10,22 +16,49 @@ from pathlib import Path
 
 def _mesh_info(args: argparse.Namespace) -> int:
     import firedrake as fd
+    import numpy as np
 
-    from .mesh import load_mesh
+    from .mesh import cell_quality, load_mesh, read_mesh_arrays
+    from .mesh.checks import POOR_ANGLE, POOR_ASPECT
 
+    arrays = read_mesh_arrays(args.path)
     mesh = load_mesh(args.path)
     ids = sorted(int(i) for i in mesh.exterior_facets.unique_markers)
     lengths = {i: fd.assemble(fd.Constant(1.0) * fd.ds(i, domain=mesh)) for i in ids}
     area = fd.assemble(fd.Constant(1.0) * fd.dx(domain=mesh))
-    print(f"{args.path}: {mesh.num_vertices()} vertices, {mesh.num_cells()} triangles, area {area:.6g}")
+    low, high = arrays.points.min(axis=0), arrays.points.max(axis=0)
+    angles, aspect = cell_quality(arrays.points, arrays.cells)
+    print(f"{args.path}: {len(arrays.points)} vertices, {len(arrays.cells)} {arrays.cell_type}s, area {area:.6g}")
+    print(f"  bounding box: [{low[0]:.6g}, {high[0]:.6g}] x [{low[1]:.6g}, {high[1]:.6g}]")
     for i, length in lengths.items():
         print(f"  boundary id {i}: length {length:.6g}")
+    print(f"  cell quality: minimum angle {angles.min():.3g} degrees, largest aspect ratio {aspect.max():.3g}")
+    poor = int(np.sum((angles < POOR_ANGLE) | (aspect > POOR_ASPECT)))
+    if poor:
+        print(f"pidm-fem: warning: {args.path}: {poor} poor cells (an angle below {POOR_ANGLE:g} degrees or an "
+              f"aspect ratio above {POOR_ASPECT:g})", file=sys.stderr)
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    from .data import generate_samples, load_samples
+    from .physics.problems import build_problem
+
+    problem = build_problem(args.problem, str(args.mesh), seed=args.seed)
+    layout = problem.layout
+    path = generate_samples(
+        args.out, args.n, problem.generator_factory(), problem.fingerprint, problem.settings(),
+        {name: layout.dof_coordinates(name) for name in layout.names}, workers=args.workers,
+        reject=problem.inadmissible,
+    )
+    rows, _ = load_samples(path, problem.fingerprint, layout.names, problem.settings(), reject=problem.inadmissible)
+    print(f"{len(rows)} {args.problem} samples on {args.mesh} (seed {args.seed}) -> {path}")
     return 0
 
 
 def _study(args: argparse.Namespace):
-    """The study folder of a command's run file, problem and mesh, and the problem itself."""
-    from .experiments.comparison import Study
+    """The study folder of a command's run file, problem and mesh, and the problem, checked before any work."""
+    from .experiments.comparison import Study, check_study
     from .experiments.methods import check_methods
     from .mesh import default_mesh_path
     from .training.config import read_yaml_file
@@ -33,8 +66,11 @@ def _study(args: argparse.Namespace):
     sections = read_yaml_file(args.config)
     mesh = str(args.mesh or default_mesh_path())
     study = Study(args.problem, mesh, sections, args.out, workers=args.workers, source=str(args.config))
-    check_methods(_with_needs(args.method), ())
-    return study, study.build_problem()
+    methods = _with_needs(args.method)
+    check_methods(methods, ())
+    problem = study.build_problem()
+    check_study(study, problem, methods)
+    return study, problem
 
 
 def _with_needs(name: str) -> list[str]:
@@ -77,6 +113,26 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
+    return value
+
+
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     from .experiments.methods import METHODS
     from .physics.problems import PROBLEMS
@@ -87,42 +143,51 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mesh", type=Path, default=None, help="mesh file (default: the embedded unit square)")
     parser.add_argument("--out", type=Path, default=Path("runs/darcy"),
                         help="study folder: data/ (sample files) and runs/<method>/ (checkpoints, log.jsonl)")
-    parser.add_argument("--workers", type=int, default=1, help="processes generating missing samples")
+    parser.add_argument("--workers", type=_positive, default=1, help="processes generating missing samples")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``pidm-fem``."""
-    parser = argparse.ArgumentParser(prog="pidm-fem", description=__doc__)
+    from .physics.problems import PROBLEMS
+
+    parser = argparse.ArgumentParser(prog="pidm-fem", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (anywhere on the line; also PIDM_FEM_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", required=True)
-    info = commands.add_parser("mesh-info", help="load a mesh and print its size and boundary ids")
+    info = commands.add_parser("mesh-info", help="check a mesh and print its size, boundary ids and cell quality")
     info.add_argument("path", help="mesh file (.msh, or any format meshio reads)")
     info.set_defaults(run=_mesh_info)
+    data = commands.add_parser("data", help="generate (or resume) a sample file of a problem on a mesh")
+    data.add_argument("problem", choices=list(PROBLEMS), help="registered problem")
+    data.add_argument("--mesh", type=Path, required=True, help="mesh file (.msh, or any format meshio reads)")
+    data.add_argument("--n", type=_positive, required=True, help="number of samples")
+    data.add_argument("--out", type=Path, required=True,
+                      help="sample file (HDF5); while incomplete, finished rows are in OUT.partial")
+    data.add_argument("--seed", type=_non_negative, default=0, help="data seed (row i depends on it and on i only)")
+    data.add_argument("--workers", type=_positive, default=1, help="processes solving samples")
+    data.set_defaults(run=_data)
     train = commands.add_parser("train", help="train (or resume) one method of the registry on a problem")
     _add_run_arguments(train)
     train.set_defaults(run=_train)
     sample = commands.add_parser("sample", help="sample a trained method (training what is missing) to an NPZ")
     _add_run_arguments(sample)
-    sample.add_argument("--n", type=int, default=64, help="number of samples")
+    sample.add_argument("--n", type=_positive, default=64, help="number of samples")
     sample.add_argument("--samples", type=Path, default=Path("samples.npz"), help="output NPZ file")
     sample.set_defaults(run=_sample)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``pidm-fem``; errors in the input are one line on stderr and exit code 2."""
-    args = build_parser().parse_args(argv)
+    """Run ``pidm-fem``; see the module's description of exit codes and error lines."""
+    from .errors import debugging, run_command
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debugging(argv)
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
     # Firedrake hands sys.argv to PETSc: do not report our own options as unused PETSc options.
     os.environ.setdefault("PETSC_OPTIONS", "-options_left no")
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # Firedrake's recommendation
-    from .data import DatasetError
-    from .mesh import MeshError
-    from .training import CheckpointError, ConfigError
-
-    try:
-        return args.run(args)
-    except (MeshError, DatasetError, ConfigError, CheckpointError) as err:
-        print(f"pidm-fem: error: {err}", file=sys.stderr)
-        return 2
+    return run_command("pidm-fem", lambda: args.run(args), debug=debug)
 
 
 if __name__ == "__main__":

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from .store import SampleFile
+from pidm_fem.errors import ComputationError
+
+from .store import RowTest, SampleFile, partial_path
 
 #: makes a sample generator: ``make()(index) -> row``; must be picklable (spawned workers call it)
 GeneratorFactory = Callable[[], Callable[[int], np.ndarray]]
@@ -38,13 +42,14 @@ def generate_samples(
     workers: int = 1,
     flush_every: int = 32,
     progress: bool = True,
+    reject: RowTest | None = None,
 ) -> Path:
     """Generate the missing rows of a sample file; return the complete file's path.
 
     Each row depends only on its index and the settings (the generator seeds
-    itself from both), so the file is the same for any number of workers and
-    any interruption. An interrupted run leaves ``<path>.partial``, which the
-    next call with the same fingerprint and settings completes.
+    itself from both), so the file is the same, byte for byte, for any number of
+    workers and any interruption. An interrupted run leaves ``<path>.partial``,
+    which the next call with the same fingerprint and settings completes.
 
     Parameters
     ----------
@@ -59,30 +64,63 @@ def generate_samples(
     workers
         Worker processes (spawned; each builds its own generator).
     flush_every
-        Rows between flushes to disk.
+        Rows between syncs to disk (each row reaches the operating system at once).
     progress
         Show a progress bar.
+    reject
+        The problem's test of inadmissible rows; a generated row it refuses stops generation.
+
+    Raises
+    ------
+    BadSample
+        If the generator gives a non-finite or inadmissible row (rows before it are kept).
+    ComputationError
+        If a worker process dies (the rows finished before are kept).
     """
     path = Path(path)
     if path.is_file():
         return path
-    store = SampleFile.open_for_writing(path, n_samples, fingerprint, settings, fields)
+    store = SampleFile.open_for_writing(path, n_samples, fingerprint, settings, fields, reject)
     missing = store.missing
     bar = tqdm(total=n_samples, initial=n_samples - len(missing), desc=f"samples {path.name}",
                unit="sample", disable=not progress)
     try:
         if workers <= 1:
             generator = make()
-            results = ((i, generator(int(i))) for i in missing)
-            _store_all(store, results, bar, flush_every)
+            _store_all(store, ((i, generator(int(i))) for i in missing), bar, flush_every)
         else:
-            context = multiprocessing.get_context("spawn")
-            with context.Pool(workers, initializer=_init_worker, initargs=(make,)) as pool:
-                _store_all(store, pool.imap_unordered(_run_worker, missing, chunksize=2), bar, flush_every)
+            _store_all(store, _in_processes(make, missing, workers), bar, flush_every)
+    except BrokenProcessPool:
+        raise ComputationError(
+            f"{partial_path(path)}: a worker process died; the {n_samples - len(store.missing)} rows "
+            "finished are kept, run again to resume"
+        ) from None
     finally:
         bar.close()
         final = store.finish()
     return final
+
+
+def _in_processes(make: GeneratorFactory, indices: np.ndarray, workers: int) -> Iterator[tuple[int, np.ndarray]]:
+    """``(index, row)`` in the order they finish, from ``workers`` spawned processes, a few tasks ahead."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(make,)) as pool:
+        pending = iter(int(i) for i in indices)
+        running = set()
+        try:
+            while True:
+                for index in pending:
+                    running.add(pool.submit(_run_worker, index))
+                    if len(running) >= 4 * workers:
+                        break
+                if not running:
+                    return
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    yield future.result()
+        finally:
+            for future in running:
+                future.cancel()
 
 
 def _store_all(store: SampleFile, results, bar, flush_every: int) -> None:

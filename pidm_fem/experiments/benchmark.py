@@ -15,11 +15,12 @@ from typing import Any
 
 
 from pidm_fem.experiments import darcy_modes
-from pidm_fem.experiments.comparison import Study, train_all, train_and_sample, train_in_parallel
+from pidm_fem.experiments.comparison import Study, check_study, train_all, train_and_sample, train_in_parallel
 from pidm_fem.experiments.methods import check_methods, method_config
 from pidm_fem.experiments.report import evaluate_runs, write_report
-from pidm_fem.mesh import MeshError, load_mesh
+from pidm_fem.errors import InputError
 from pidm_fem.mesh.builtin import MESH_DIR
+from pidm_fem.physics.problem import Problem
 from pidm_fem.training import ConfigError, config_to_dict
 from pidm_fem.training.config import merge_sections, read_yaml, read_yaml_file
 
@@ -27,7 +28,7 @@ from pidm_fem.training.config import merge_sections, read_yaml, read_yaml_file
 MODES = {"darcy": darcy_modes.MODES}
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(InputError):
     """Bad input to a benchmark: one line naming the option, file or key."""
 
 
@@ -36,6 +37,7 @@ class Plan:
     """A checked benchmark run."""
 
     study: Study
+    problem: Problem
     mode: str
     methods: list[str]
     cocogen: tuple[str, ...]
@@ -67,17 +69,15 @@ def prepare(problem: str, mode: str, *, mesh: str | os.PathLike | None = None, o
     ------
     BenchmarkError
         One line: a mesh that does not load, a bad run file or override, an unknown
-        method or one without the methods it needs, a jobs or threads count below 1.
+        method or one without the methods it needs, a jobs or threads count below 1, a
+        device this machine lacks, a model that cannot be built, a checkpoint in the
+        output folder that cannot be resumed. Nothing is generated or trained before.
     """
     settings = MODES[problem][mode]
     for option, value in (("--jobs", jobs), ("--threads", threads)):
         if value < 1:
             raise BenchmarkError(f"{option} must be at least 1, got {value}")
     mesh_path = Path(mesh) if mesh is not None else MESH_DIR / settings["mesh"]
-    try:
-        load_mesh(mesh_path)
-    except MeshError as err:
-        raise BenchmarkError(str(err)) from None
     source = f"<{mode} mode>"
     try:
         user: dict = {}
@@ -97,12 +97,16 @@ def prepare(problem: str, mode: str, *, mesh: str | os.PathLike | None = None, o
         resolved = {name: method_config(sections, name, source) for name in names}
         cocogen = resolved[names[0]].cocogen.apply_to
         check_methods(names, cocogen)
-    except ConfigError as err:
+        first = resolved[names[0]]
+        out_path = Path(out) if out is not None else Path(f"outputs/{problem}_mesh_{mode}")
+        study = Study(problem, str(mesh_path), sections, out_path, workers, progress, source)
+        built = study.build_problem()
+        check_study(study, built, names)
+    except BenchmarkError:
+        raise
+    except InputError as err:
         raise BenchmarkError(str(err)) from None
-    first = resolved[names[0]]
-    out_path = Path(out) if out is not None else Path(f"outputs/{problem}_mesh_{mode}")
-    study = Study(problem, str(mesh_path), sections, out_path, workers, progress, source)
-    return Plan(study, mode, names, tuple(cocogen), first.sampling.n_samples, jobs, threads)
+    return Plan(study, built, mode, names, tuple(cocogen), first.sampling.n_samples, jobs, threads)
 
 
 def run(plan: Plan, *, train_only: bool = False, t_start: float | None = None,
@@ -113,8 +117,7 @@ def run(plan: Plan, *, train_only: bool = False, t_start: float | None = None,
     import torch
 
     t_start = time.perf_counter() if t_start is None else t_start
-    study = plan.study
-    problem = study.build_problem()
+    study, problem = plan.study, plan.problem
     train_in_parallel(study, problem, plan.methods, plan.jobs)
     (set_threads or torch.set_num_threads)(plan.threads)  # after the side-by-side processes (one thread each)
     if train_only:

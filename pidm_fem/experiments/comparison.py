@@ -76,6 +76,12 @@ class Study:
                           run_dir=self.out / "runs" / method, workers=self.workers, progress=self.progress)
 
 
+def check_study(study: Study, problem: Problem, methods: list[str]) -> None:
+    """Run every method's :meth:`~pidm_fem.experiments.experiment.Experiment.check_before_work` (before any data)."""
+    for name in trained_methods(methods):
+        study.experiment(problem, name).check_before_work()
+
+
 def require_same_units(sampled: FieldNormalizer, other: FieldNormalizer, method: str) -> None:
     """Raise ValueError unless two models' normalisers hold the same statistics (so one state means one thing)."""
     ours, theirs = sampled.state_dict(), other.state_dict()

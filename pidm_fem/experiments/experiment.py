@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from pidm_fem.data import generate_samples, load_samples
+from pidm_fem.errors import ComputationError, InputError
 from pidm_fem.diffusion import (
     ChannelExperts,
     CoCoGenCorrector,
@@ -71,6 +72,7 @@ from pidm_fem.training import (
 )
 from pidm_fem.training.checkpoint import LAST
 from pidm_fem.training.config import DiffusionConfig
+from pidm_fem.training.trainer import check_resumable
 
 #: dtype of the network and of the tensors it sees (the physics computes in float64)
 DTYPE = torch.float32
@@ -211,6 +213,22 @@ def _copy_frozen(frozen: nn.Module | None, source: nn.Module | None, resumed: bo
         raise ConfigError(missing)
 
 
+class SamplingFailed(ComputationError):
+    """Samples with non-finite values: the message names the checkpoint; nothing is written."""
+
+
+def check_device(name: str) -> None:
+    """Raise ConfigError unless the torch device ``name`` (``training.device``) exists here."""
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        build = "has no CUDA" if torch.version.cuda is None else "finds no CUDA device"
+        raise ConfigError(f"training.device: {name!r} is not available (this torch {torch.__version__} {build})")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"training.device: {name!r} is not available ({torch.cuda.device_count()} CUDA devices)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"training.device: {name!r} is not available here")
+
+
 @dataclass(frozen=True)
 class Splits:
     """Physical sample rows of the three splits, each (N, total) float64."""
@@ -328,6 +346,27 @@ class Experiment:
             for term, functional in self.problem.functionals().items()
         }
 
+    def check_before_work(self) -> None:
+        """Every check the configuration, this machine and an existing checkpoint allow, before any data or training.
+
+        Raises
+        ------
+        ConfigError
+            If ``training.device`` is not available or the model cannot be built (its width, say).
+        CheckpointError
+            If the run folder's checkpoint cannot be resumed: unreadable, made on another
+            mesh, or with a configuration that differs in a key that matters for training.
+        """
+        check_device(self.config.training.device)
+        try:
+            self.build_model()
+        except ConfigError:
+            raise
+        except ValueError as err:
+            raise ConfigError(f"model: {err}") from None
+        if (self.run_dir / LAST).exists():
+            check_resumable(self.run_dir / LAST, self.config, self.fingerprint)
+
     # --- data ------------------------------------------------------------------------------
     @property
     def n_rows(self) -> int:
@@ -355,8 +394,10 @@ class Experiment:
                 {name: layout.dof_coordinates(name) for name in layout.names},
                 workers=self.workers,
                 progress=self.progress,
+                reject=self.problem.inadmissible,
             )
-            rows, _ = load_samples(path, self.fingerprint, layout.names, self.problem.settings())
+            rows, _ = load_samples(path, self.fingerprint, layout.names, self.problem.settings(),
+                                   reject=self.problem.inadmissible)
             n_train, n_val = self.config.data.n_train, self.config.data.n_val
             self._splits = Splits(
                 train=rows[:n_train], val=rows[n_train : n_train + n_val], test=rows[n_train + n_val :]
@@ -613,11 +654,13 @@ class Experiment:
         CheckpointError
             If the checkpoint is missing, from another mesh, or trained with another
             configuration.
+        SamplingFailed
+            If any sample has a non-finite value (the message names the checkpoint).
         """
         settings = self.config.sampling
         n_samples = settings.n_samples if n_samples is None else n_samples
         if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 1:
-            raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+            raise InputError(f"the number of samples must be a positive integer, got {n_samples!r}")
         model, normalizer = self.load_denoiser(checkpoint)
         if wrap is not None:
             model = wrap(model, normalizer)
@@ -661,6 +704,10 @@ class Experiment:
             for start in range(0, n_samples, batch)
         ]
         rows = self.fields.to_rows(torch.cat(chunks)).to(device="cpu", dtype=torch.float64).numpy()
+        bad = int((~np.isfinite(rows).all(axis=1)).sum())
+        if bad:
+            raise SamplingFailed(f"{self.run_dir / LAST if checkpoint is None else checkpoint}: {bad} of {n_samples} "
+                                 "samples have non-finite values; nothing was written")
         return self.problem.gauge(rows)
 
     def with_solved_state(self, rows: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..mesh import load_mesh, mesh_fingerprint
+from ..mesh import MeshError, load_mesh, mesh_fingerprint
 from .darcy import DarcyProblem
 from .permeability import KarhunenLoeve, MaternField
 
@@ -60,6 +60,9 @@ class DarcySampleGenerator:
         V = self.problem.V
         self.layout = self.problem.layout
         if settings.sampler == "kl":
+            if V.dim() <= settings.n_modes:
+                raise MeshError(settings.mesh, f"{V.dim()} nodes are too few for the Darcy permeability's "
+                                               f"{settings.n_modes} KL modes (it needs more nodes than modes)")
             self.field = KarhunenLoeve(V, length=settings.length, n_modes=settings.n_modes)
         elif settings.sampler == "matern":
             self.field = MaternField(V, length=settings.length)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from pidm_fem.atomic_files import atomic_path
+from pidm_fem.errors import InputError, one_line
 from pidm_fem.training.config import ConfigError, config_from_dict, config_to_dict
 
 __all__ = [
@@ -44,11 +46,11 @@ FORMAT = "pidm_fem.checkpoint/1"
 LAST = "last.pt"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that cannot be written or used: the message names the file and the problem."""
 
     def __init__(self, path: str | os.PathLike, problem: str):
-        super().__init__(f"{path}: {' '.join(str(problem).split())}")
+        super().__init__(f"{path}: {one_line(problem)}")
 
 
 @dataclass(frozen=True)
@@ -291,8 +293,13 @@ def load_checkpoint(
         raise CheckpointError(path, "no such checkpoint file")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:  # torch's message advises weights_only=False: not for files of unknown origin
+        raise CheckpointError(path, "holds Python objects besides tensors and plain data, which pidm_fem does not "
+                                    "load (not a pidm_fem checkpoint, or not a trusted one)") from None
     except Exception as err:  # torch.load raises many types for damaged files
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        if "weights_only" in first_line:
+            first_line = "not a plain-data checkpoint"
         raise CheckpointError(path, f"unreadable or corrupt checkpoint ({type(err).__name__}: {first_line})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__

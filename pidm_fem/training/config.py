@@ -30,6 +30,7 @@ import torch
 import yaml
 
 from pidm_fem.atomic_files import atomic_path
+from pidm_fem.errors import InputError
 
 __all__ = [
     "ConfigError",
@@ -53,7 +54,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration that cannot be used; the message is one line naming the key (and file)."""
 
 
@@ -284,6 +285,9 @@ class RunConfig:
             raise ConfigError(
                 "model.field_views: no field is linearly mapped; it needs diffusion.representation: elliptic"
             )
+        if self.training.batch_size > self.data.n_train:
+            raise ConfigError(f"training.batch_size: must be at most data.n_train ({self.data.n_train}), "
+                              f"got {self.training.batch_size}")
         for key, value in (
             ("diffusion.sample_steps", self.diffusion.sample_steps),
             ("diffusion.trajectory_steps", self.diffusion.trajectory_steps),

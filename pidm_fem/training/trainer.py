@@ -33,6 +33,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from pidm_fem.atomic_files import atomic_path
+from pidm_fem.errors import ComputationError, Interrupted
+from pidm_fem.stop_signals import stop_requests
 from pidm_fem.training.checkpoint import (
     LAST,
     Checkpoint,
@@ -55,6 +57,7 @@ __all__ = [
     "TrainingSummary",
     "TrainingDiverged",
     "Trainer",
+    "check_resumable",
     "learning_rate",
 ]
 
@@ -85,7 +88,7 @@ _RESUMABLE_CHANGES = (
 )
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(ComputationError):
     """A non-finite loss, gradient or weight stopped training; the message names the step."""
 
 
@@ -203,6 +206,22 @@ def _config_changes(saved: Mapping[str, Any], current: Mapping[str, Any]) -> lis
     old, new = _flatten(trained_configuration(saved)), _flatten(trained_configuration(current))
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k, "<missing>") != new.get(k, "<missing>"))
     return [k for k in changed if not k.startswith(_RESUMABLE_CHANGES)]
+
+
+def check_resumable(path: str | os.PathLike, config: RunConfig, mesh_fingerprint: str) -> Checkpoint:
+    """The checkpoint a run would resume from, after checking that it may.
+
+    Raises
+    ------
+    CheckpointError
+        If the checkpoint is unreadable, made on another mesh, or with a configuration
+        that differs in a key that matters for training.
+    """
+    checkpoint = load_checkpoint(path, mesh_fingerprint)
+    changes = _config_changes(checkpoint.config, config_to_dict(config))
+    if changes:
+        raise CheckpointError(path, f"made with another configuration ({', '.join(changes)} differ); use a new run folder")
+    return checkpoint
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -343,12 +362,7 @@ class Trainer:
         return next(iter(rows.values()))
 
     def _resume(self, path: Path) -> None:
-        checkpoint = load_checkpoint(path, self.mesh_fingerprint)
-        changes = _config_changes(checkpoint.config, config_to_dict(self.config))
-        if changes:
-            raise CheckpointError(
-                path, f"made with another configuration ({', '.join(changes)} differ); use a new run folder"
-            )
+        checkpoint = check_resumable(path, self.config, self.mesh_fingerprint)
         self.model.load_state_dict(checkpoint.model)
         self.ema.load_state_dict(checkpoint.ema)
         self.optimizer.load_state_dict(checkpoint.optimizer)
@@ -503,6 +517,9 @@ class Trainer:
         ------
         TrainingDiverged
             On a NaN or inf loss, gradient norm or weight; ``last.pt`` keeps the last good state.
+        Interrupted
+            On SIGINT or SIGTERM: the step under way is finished and checkpointed first, so
+            that running again resumes exactly where it stopped.
         """
         settings = self.config.training
         first_step = self.step
@@ -511,7 +528,7 @@ class Trainer:
         last: StepRecord | None = None
         val_components = None
         window = _Window()
-        with open(self.run_dir / LOG, "a") as log, tqdm(
+        with stop_requests() as stop, open(self.run_dir / LOG, "a") as log, tqdm(
             total=settings.steps,
             initial=first_step,
             desc=f"train {self.run_dir.name}",
@@ -536,6 +553,13 @@ class Trainer:
                 bar.update(1)
                 if self.callback is not None:
                     self.callback(last)
+                if stop.signum is not None and not final:
+                    self._save()
+                    raise Interrupted(
+                        f"{stop.name} at step {step} of {settings.steps}: saved {self.run_dir / LAST}; "
+                        "run the same command again to resume from it",
+                        stop.signum,
+                    )
         steps_run = self.step - first_step
         return TrainingSummary(
             first_step=first_step,
