@@ -25,10 +25,10 @@ from pathlib import Path
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from pidm_fem.errors import debugging
+    from pidm_fem.errors import OneLineParser, debugging
     from pidm_fem.experiments.methods import METHODS
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = OneLineParser(description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_const", dest="mode", const="quick",
                       help="`make demo`: the coarse mesh, 350 steps, the paper's methods (under 10 min)")

@@ -148,9 +148,10 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``pidm-fem``."""
+    from .errors import OneLineParser
     from .physics.problems import PROBLEMS
 
-    parser = argparse.ArgumentParser(prog="pidm-fem", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="pidm-fem", description=__doc__.split("\n\n")[0])
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback of an error (anywhere on the line; also PIDM_FEM_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", required=True)

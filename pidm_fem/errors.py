@@ -11,10 +11,12 @@ stderr and an exit code; tracebacks appear only with ``--debug`` or
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 #: environment variable that makes commands show tracebacks
 DEBUG_VARIABLE = "PIDM_FEM_DEBUG"
@@ -85,3 +87,10 @@ def run_command(prog: str, body: Callable[[], int], debug: bool = False) -> int:
         where = f"{err.filename}: " if getattr(err, "filename", None) else ""
         print(f"{prog}: error: {where}{one_line(err.strerror or err)}", file=sys.stderr)
         return 1
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (and exit code 2), like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")

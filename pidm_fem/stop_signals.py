@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import ctypes
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 #: the signals a long computation turns into stop requests
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: prctl option of Linux: the signal a process receives when its parent dies
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(signum: int = signal.SIGTERM) -> None:
+    """Have the operating system send ``signum`` to this process when its parent dies (Linux; elsewhere nothing).
+
+    The initializer of worker processes: a worker must not outlive the process that
+    waits for its results, even when that process is killed.
+    """
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum)
 
 
 class StopRequest:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import signal
 
 import numpy as np
 import pytest
@@ -30,6 +32,7 @@ from pidm_fem.training.config import (
     save_config,
     trained_configuration,
 )
+from pidm_fem.errors import Interrupted
 from pidm_fem.training.ema import EMA
 from pidm_fem.training.trainer import Trainer, TrainingDiverged, learning_rate
 
@@ -330,6 +333,23 @@ def test_resume_after_a_crash_repeats_the_lost_steps(tmp_path, schedule):
     _assert_same_state(whole, resumed)
     steps = [(line["split"], line["step"]) for line in _log(tmp_path / "crash")]
     assert steps == [(line["split"], line["step"]) for line in _log(tmp_path / "whole")]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_checkpoints_its_step_and_the_resumed_run_equals_an_uninterrupted_one(tmp_path, signum):
+    whole, _ = _train(tmp_path / "whole", steps=8, checkpoint_every=4)
+
+    def stop(record):
+        if record.step == 5:
+            os.kill(os.getpid(), signum)
+
+    with pytest.raises(Interrupted) as info:
+        _train(tmp_path / "stopped", steps=8, checkpoint_every=4, callback=stop)
+    assert load_checkpoint(tmp_path / "stopped" / "last.pt").step == 5
+    assert info.value.exit_code == 128 + signum and "at step 5 of 8" in str(info.value)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are restored
+    resumed, _ = _train(tmp_path / "stopped", steps=8, checkpoint_every=4)
+    _assert_same_state(whole, resumed)
 
 
 def test_learning_rate_schedules():

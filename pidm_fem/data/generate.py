@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -13,6 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pidm_fem.errors import ComputationError
+from pidm_fem.stop_signals import die_with_parent
 
 from .store import RowTest, SampleFile, partial_path
 
@@ -24,6 +26,8 @@ _WORKER_GENERATOR = None
 
 def _init_worker(make: GeneratorFactory) -> None:
     global _WORKER_GENERATOR
+    die_with_parent(signal.SIGKILL)  # its rows would go nowhere: the journal is written by the parent
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle (it keeps the rows done)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     _WORKER_GENERATOR = make()
 

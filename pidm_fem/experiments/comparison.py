@@ -9,11 +9,10 @@ methods reuse the models they need. Every run resumes from its checkpoints.
 
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import json
 import multiprocessing
-import signal
-import sys
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,15 +23,14 @@ import numpy as np
 import torch
 
 from pidm_fem.diffusion import FieldNormalizer
+from pidm_fem.errors import Interrupted
 from pidm_fem.experiments.experiment import Experiment
 from pidm_fem.experiments.methods import COCOGEN_SUFFIX, METHODS, method_config, trained_methods
 from pidm_fem.physics.problem import Problem
 from pidm_fem.physics.problems import build_problem
 from pidm_fem.training import CheckpointError, load_checkpoint
+from pidm_fem.stop_signals import die_with_parent, stop_requests
 from pidm_fem.training.checkpoint import LAST
-
-#: prctl option of Linux: the signal a process receives when its parent dies
-PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -171,15 +169,24 @@ def train_in_parallel(study: Study, problem: Problem, methods: list[str], jobs: 
     # spawn: a forked child would inherit the parent's initialised PETSc/MPI state. The pool's exit
     # terminates its workers when this process stops on an error or an interrupt; on Linux they are
     # also sent SIGTERM when it dies of a signal, so no training process outlives the benchmark.
-    with multiprocessing.get_context("spawn").Pool(len(groups), initializer=_die_with_parent) as pool:
-        pool.starmap(_train_group, [(study, group) for group in groups], chunksize=1)
+    # SIGINT or SIGTERM here is passed on to the training processes, which save their current step;
+    # then this process reports where the runs are.
+    with stop_requests(also=_forward_to_children) as stop, \
+            multiprocessing.get_context("spawn").Pool(len(groups), initializer=die_with_parent) as pool:
+        try:
+            pool.starmap(_train_group, [(study, group) for group in groups], chunksize=1)
+        except Interrupted as err:
+            raise Interrupted(f"{stop.name or 'a stop signal'}: the training processes saved their current steps "
+                              f"in {study.out / 'runs'}; run the same command again to resume",
+                              stop.signum or err.signum) from None
         pool.close()
         pool.join()
 
 
-def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def _forward_to_children(signum: int) -> None:
+    for child in multiprocessing.active_children():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signum)
 
 
 @dataclass
