@@ -129,3 +129,21 @@ def test_sigint_during_training_saves_the_step_and_says_how_to_resume(tmp_path):
     step = load_checkpoint(out / "runs" / "ddpm" / "last.pt").step
     _the_error_line(proc.stderr.read(), f"SIGINT at step {step} of 100000", "run the same command again to resume")
     assert 2 <= step < 1000  # the interrupted step's own checkpoint, not a periodic one
+
+
+def test_run_command_maps_failures_to_one_line_and_exit_codes(capsys):
+    from pidm_fem.errors import run_command
+    from pidm_fem.training import TrainingDiverged
+
+    def diverge():
+        raise TrainingDiverged("training diverged at step 7: loss is nan; last good checkpoint run/last.pt (step 6)")
+
+    def disk_full():
+        raise OSError(28, "No space left on device", "out/results.json")
+
+    assert run_command("pidm-fem", diverge) == 1
+    _one_error_line(capsys, "step 7", "last good checkpoint run/last.pt")
+    assert run_command("pidm-fem", disk_full) == 1
+    _one_error_line(capsys, "out/results.json", "No space left on device")
+    with pytest.raises(TrainingDiverged):
+        run_command("pidm-fem", diverge, debug=True)
