@@ -273,12 +273,9 @@ class Elasticity:
             if isinstance(load, Traction) and load.boundary not in self.boundary_ids:
                 raise ValueError(f"no boundary id {load.boundary} for a traction (the mesh has "
                                  f"{sorted(self.boundary_ids)})")
-            if isinstance(load, PointLoad):
-                low, high = self.nodes.min(axis=0), self.nodes.max(axis=0)
-                if np.any(np.asarray(load.position) < low - 1e-9 * (high - low).max()) or np.any(
-                        np.asarray(load.position) > high + 1e-9 * (high - low).max()):
-                    raise ValueError(f"the point load at {tuple(load.position)} is off the domain "
-                                     f"(bounding box {tuple(low)} to {tuple(high)})")
+            if isinstance(load, PointLoad) and self.mesh.locate_cell(np.asarray(load.position, float),
+                                                                     tolerance=1e-9) is None:
+                raise ValueError(f"the point load at {tuple(load.position)} is off the domain")
 
     # --- forms ------------------------------------------------------------------------------
     def modulus(self, rho: ufl.core.expr.Expr) -> ufl.core.expr.Expr:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from pidm_fem.physics.elasticity import Elasticity, Material, PointLoad, Support
+from pidm_fem.physics.elasticity import Elasticity, Load, Material, PointLoad, Support
 
 #: boundary id of the left edge of Firedrake's RectangleMesh
 LEFT = 1
+
+
+def mbb_conditions(length: float, height: float) -> tuple[list[Support], list[Load]]:
+    """The MBB half-beam's supports and load on [0, length] x [0, height] (left edge: boundary id 1)."""
+    supports = [Support("roller_x", boundary=LEFT), Support("roller_y", point=(float(length), 0.0))]
+    return supports, [PointLoad((0.0, float(height)), (0.0, -1.0))]
 
 
 def mbb_beam(nelx: int = 60, nely: int = 20, quadrilateral: bool = True, material: Material | None = None,
@@ -21,10 +27,5 @@ def mbb_beam(nelx: int = 60, nely: int = 20, quadrilateral: bool = True, materia
     if nelx < 1 or nely < 1:
         raise ValueError(f"nelx and nely must be positive, got {nelx} and {nely}")
     mesh = fd.RectangleMesh(nelx, nely, float(nelx), float(nely), quadrilateral=quadrilateral)
-    return Elasticity(
-        mesh,
-        supports=[Support("roller_x", boundary=LEFT), Support("roller_y", point=(float(nelx), 0.0))],
-        loads=[PointLoad((0.0, float(nely)), (0.0, -1.0))],
-        material=material or Material(),
-        solver=solver,
-    )
+    supports, loads = mbb_conditions(nelx, nely)
+    return Elasticity(mesh, supports, loads, material=material or Material(), solver=solver)

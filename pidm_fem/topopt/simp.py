@@ -8,7 +8,7 @@ The loop is the 88-line code's (Andreassen et al. 2011) on any mesh:
    strain energy);
 3. take the sensitivities back through the projection and the filter;
 4. update x: optimality criteria (move limit 0.2, bisection on the volume multiplier)
-   or MMA (nlopt's, the method of moving asymptotes);
+   or MMA (Svanberg's method of moving asymptotes, from mmapy);
 5. stop when the largest change of x is at most 0.01, or at the iteration cap.
 
 The compliance reported is that of the last design solved, as the 88-line code prints it.
@@ -218,40 +218,31 @@ def _optimise_oc(elasticity, settings, design, x, weights, bar):
 
 
 def _optimise_mma(elasticity, settings, design, x, weights, bar):
-    import nlopt
+    from mmapy import mmasub
 
     history: list[dict[str, float]] = []
     started = time.perf_counter()
-    scale: list[float] = []
-    previous = [x.copy()]
-
-    def objective(candidate: np.ndarray, grad: np.ndarray) -> float:
-        physical = design.physical(candidate)
+    n = len(x)
+    xval = x[:, None].copy()
+    xmin, xmax = np.zeros((n, 1)), np.ones((n, 1))
+    xold1, xold2, low, upp = xval.copy(), xval.copy(), xmin.copy(), xmax.copy()
+    # Svanberg's choices for one constraint: a0 = 1, a = 0, c = 1000, d = 1
+    a0, a, c_mma, d = 1.0, np.zeros((1, 1)), np.full((1, 1), 1000.0), np.ones((1, 1))
+    scale = None
+    for iteration in range(1, settings.max_iterations + 1):
+        physical = design.physical(xval[:, 0])
         elasticity.solve(physical)
         c = elasticity.compliance()
-        scale.append(scale[0] if scale else c)  # compliance in units of the first one
-        if grad.size:
-            grad[:] = design.pull_back(candidate, elasticity.compliance_gradient()) / scale[0]
-        change = float(np.abs(candidate - previous[0]).max()) if history else 1.0
-        previous[0] = candidate.copy()
-        _record(history, bar, started, c, float(weights @ physical), change, 0.0)
-        return c / scale[0]
-
-    def volume(candidate: np.ndarray, grad: np.ndarray) -> float:
-        if grad.size:
-            grad[:] = design.pull_back_volume(candidate, weights)
-        return float(weights @ design.physical(candidate)) - settings.volfrac
-
-    opt = nlopt.opt(nlopt.LD_MMA, len(x))
-    opt.set_lower_bounds(0.0)
-    opt.set_upper_bounds(1.0)
-    opt.set_min_objective(objective)
-    opt.add_inequality_constraint(volume, 1e-6)
-    opt.set_maxeval(settings.max_iterations)
-    opt.set_xtol_abs(settings.tolerance)
-    try:
-        x = opt.optimize(x)
-    except nlopt.RoundoffLimited:
-        x = previous[0]
-    converged = opt.last_optimize_result() == nlopt.XTOL_REACHED
-    return x, history, converged
+        scale = c if scale is None else scale  # the objective in units of the first compliance
+        df0dx = design.pull_back(xval[:, 0], elasticity.compliance_gradient())[:, None] / scale
+        volume = float(weights @ physical)
+        fval = np.array([[volume / settings.volfrac - 1.0]])
+        dfdx = design.pull_back_volume(xval[:, 0], weights)[None, :] / settings.volfrac
+        xmma, *_, low, upp = mmasub(1, n, iteration, xval, xmin, xmax, xold1, xold2, c / scale, df0dx, fval, dfdx,
+                                    low, upp, a0, a, c_mma, d, move=settings.move)
+        xold2, xold1, xval = xold1, xval, xmma
+        change = float(np.abs(xval - xold1).max())
+        _record(history, bar, started, c, volume, change, 0.0)
+        if change <= settings.tolerance:
+            return xval[:, 0], history, True
+    return xval[:, 0], history, False
