@@ -9,8 +9,8 @@
   ``dc_i <- sum_j w_ij A_j x_j dc_j / (max(1e-3, x_i) sum_j w_ij A_j)``: the design is
   not filtered, the sensitivities are (a heuristic: not the gradient of anything).
 * :class:`HelmholtzFilter`: the PDE filter ``-r^2 lap(x~) + x~ = x`` (natural boundary
-  conditions) with ``r = rmin / (2 sqrt 3)``, solved in P1 and averaged back on the
-  cells; factorised once.
+  conditions) with ``r = rmin / (2 sqrt 3)``, solved in P1 (and averaged back on the
+  cells for a DG0 design); factorised once.
 """
 
 from __future__ import annotations
@@ -78,32 +78,39 @@ class SensitivityFilter(DensityFilter):
 
 
 class HelmholtzFilter:
-    """The PDE (Helmholtz) filter with ``r = rmin / (2 sqrt 3)``, P1 in between, cell averages out.
+    """The PDE (Helmholtz) filter with ``r = rmin / (2 sqrt 3)``, solved in P1.
+
+    A DG0 design is loaded into P1 by its mass, ``(x, v)``, and the P1 solution is averaged
+    back on the cells; a P1 design is filtered in P1 directly.
 
     Parameters
     ----------
-    mesh
-        The Firedrake mesh of the DG0 design.
+    space
+        The design's space: DG0 or P1 on the mesh.
     rmin
         The cone filter's radius that this filter matches.
     """
 
     filters_design = True
 
-    def __init__(self, mesh, rmin: float):
+    def __init__(self, space, rmin: float):
         import firedrake as fd
 
         if rmin <= 0:
             raise ValueError(f"the filter radius must be positive, got {rmin}")
         r = rmin / (2 * np.sqrt(3))
-        P1, D = fd.FunctionSpace(mesh, "CG", 1), fd.FunctionSpace(mesh, "DG", 0)
+        mesh = space.mesh()
+        P1 = fd.FunctionSpace(mesh, "CG", 1)
         u, v = fd.TrialFunction(P1), fd.TestFunction(P1)
         A = _scipy(fd.assemble((r**2 * fd.inner(fd.grad(u), fd.grad(v)) + u * v) * fd.dx))
-        # B maps cell values to the P1 load (x, v); its transpose over the areas averages P1 on cells
-        B = _scipy(fd.assemble(fd.TrialFunction(D) * v * fd.dx))
-        areas = fd.assemble(fd.TestFunction(D) * fd.dx).dat.data_ro.copy()
-        self._lu = spla.splu(A.tocsc())
-        self._B, self._average = B.tocsr(), (sp.diags(1.0 / areas) @ B.T).tocsr()
+        # B loads the design into P1, (x, v); "average" maps the P1 solution back to the design's space
+        B = _scipy(fd.assemble(fd.TrialFunction(space) * v * fd.dx)).tocsr()
+        if space.ufl_element().degree() == 0:
+            areas = fd.assemble(fd.TestFunction(space) * fd.dx).dat.data_ro.copy()
+            average = (sp.diags(1.0 / areas) @ B.T).tocsr()
+        else:
+            average = sp.identity(P1.dof_count, format="csr")
+        self._lu, self._B, self._average = spla.splu(A.tocsc()), B, average
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         return self._average @ self._lu.solve(self._B @ x)
@@ -122,11 +129,13 @@ def _scipy(matrix) -> sp.csr_matrix:
 FILTERS = ("density", "sensitivity", "helmholtz")
 
 
-def build_filter(kind: str, mesh, rmin: float):
-    """The filter ``kind`` (one of :data:`FILTERS`) of radius ``rmin`` on the cells of ``mesh``."""
+def build_filter(kind: str, space, rmin: float):
+    """The filter ``kind`` (one of :data:`FILTERS`) of radius ``rmin`` for designs in ``space`` (DG0; P1 for helmholtz)."""
     if kind == "helmholtz":
-        return HelmholtzFilter(mesh, rmin)
-    centres, areas = cell_centres_and_areas(mesh)
+        return HelmholtzFilter(space, rmin)
+    if space.ufl_element().degree() != 0:
+        raise ValueError(f"the {kind} filter acts on cell values: use density DG0 (or the helmholtz filter)")
+    centres, areas = cell_centres_and_areas(space.mesh())
     if kind == "density":
         return DensityFilter(centres, areas, rmin)
     if kind == "sensitivity":

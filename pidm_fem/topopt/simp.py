@@ -120,9 +120,7 @@ class _Design:
     """The chain design -> filtered -> projected density, with its adjoint."""
 
     def __init__(self, elasticity: Elasticity, settings: SIMPSettings):
-        if elasticity.density != "DG0" and settings.filter != "helmholtz":
-            raise ValueError("the cone filters act on cell values: use density DG0 (or the helmholtz filter)")
-        self.filter = build_filter(settings.filter, elasticity.mesh, settings.rmin)
+        self.filter = build_filter(settings.filter, elasticity.D, settings.rmin)
         self.projection = HeavisideProjection(beta_max=settings.beta_max) if settings.projection else None
 
     def physical(self, x: np.ndarray) -> np.ndarray:
