@@ -31,7 +31,7 @@ def plot_design(elasticity: Elasticity, density, path: str | os.PathLike, title:
     ax.set_axis_off()
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
     plt.close(fig)
 
 
