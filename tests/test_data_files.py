@@ -83,9 +83,10 @@ def test_sigkill_at_random_moments_then_resume_gives_the_same_bytes(tmp_path, wo
         time.sleep(rng.uniform(0.0, 0.3) if kills else 0.0)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-        if path.exists():  # it finished before the kill: a complete file, and start again from nothing
-            assert path.read_bytes() == reference.read_bytes() and not partial_path(path).exists()
+        if path.exists():  # it finished before the kill (or between the rename and the journal's removal)
+            assert path.read_bytes() == reference.read_bytes()
             path.unlink()
+            partial_path(path).unlink(missing_ok=True)
             continue
         kills += 1
         sizes.append(partial_path(path).stat().st_size)
@@ -185,6 +186,12 @@ def test_a_journal_removed_during_generation_still_gives_the_complete_file(tmp_p
 
     assert _generate(path, make=make) == path
     assert path.read_bytes() == reference.read_bytes()
+
+
+def test_a_journal_beside_a_complete_file_is_removed(tmp_path):
+    path = _generate(tmp_path / "file.h5")
+    partial_path(path).write_bytes(b"left by a kill between the rename and the removal")
+    assert _generate(path) == path and not partial_path(path).exists()
 
 
 def test_a_truncated_final_file_is_one_line_naming_it(tmp_path):

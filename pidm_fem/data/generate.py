@@ -82,7 +82,8 @@ def generate_samples(
         If a worker process dies (the rows finished before are kept).
     """
     path = Path(path)
-    if path.is_file():
+    if path.is_file():  # complete by construction (renamed only once written); a journal left is stale
+        partial_path(path).unlink(missing_ok=True)
         return path
     store = SampleFile.open_for_writing(path, n_samples, fingerprint, settings, fields, reject)
     missing = store.missing
