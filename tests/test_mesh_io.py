@@ -113,7 +113,7 @@ def _fault(tmp_path, kind):
         triangles[0] = [0, 1, 2]  # three vertices of the bottom edge
         return _write(path, points, [("triangle", triangles)]), "degenerate (zero-area)"
     if kind == "inverted":
-        triangles[3] = triangles[3, ::-1]
+        points[6] = [0.6, 0.6]  # an interior vertex moved across its neighbours: its cells fold over them
         return _write(path, points, [("triangle", triangles)]), "inverted cells"
     if kind == "duplicate vertex":
         points = np.vstack([points, points[6]])
@@ -173,6 +173,12 @@ def test_quadrilateral_mesh_loads_and_mesh_info_reports_quality(tmp_path, capsys
     assert main(["mesh-info", str(path)]) == 0
     out = capsys.readouterr().out
     assert "9 quadrilaterals" in out and "minimum angle 90 degrees, largest aspect ratio 1" in out
+
+
+def test_cells_of_either_vertex_order_are_not_inverted(tmp_path):
+    points, triangles, _ = _grid()
+    triangles[::2] = triangles[::2, ::-1]  # half the cells clockwise, as Firedrake's own numbering has them
+    assert load_mesh(_write(tmp_path / "mixed_order.vtu", points, [("triangle", triangles)])).num_cells() == 32
 
 
 def test_cell_quality_of_known_triangles():

@@ -4,7 +4,7 @@ A file is read with meshio and checked before any Firedrake mesh is built: that 
 exists, is not empty, has a known format and is readable; that it is 2D (a constant z
 is dropped, a varying one refused); that its cells are all triangles or all
 quadrilaterals; that its coordinates are finite; that no cell is degenerate (zero
-area) or inverted (oriented against the others); that it is not torn (cells that share
+area) or inverted (folded over a neighbour); that it is not torn (cells that share
 no edge with any other) nor non-manifold (an edge of three cells); that no two vertices
 coincide; that its boundary lines are edges of its cells. Vertices that no cell uses are
 dropped, with a warning. :func:`cell_quality` gives the angles and aspect ratios that
@@ -200,16 +200,13 @@ def _check_geometry(path: Path, points: np.ndarray, cells: np.ndarray) -> None:
     degenerate = np.flatnonzero(np.abs(area) <= DEGENERATE * longest**2)
     if len(degenerate):
         raise MeshError(path, f"{len(degenerate)} degenerate (zero-area) cells (first: cell {degenerate[0]})")
-    positive = area > 0
-    minority = positive if positive.sum() * 2 < len(area) else ~positive
-    if minority.any():
-        first = np.flatnonzero(minority)[0]
-        raise MeshError(path, f"{minority.sum()} inverted cells, oriented against the other {(~minority).sum()} "
-                              f"(first: cell {first})")
     _, index = _edges(cells)
     uses = np.bincount(index.ravel())
     if (uses > 2).any():
         raise MeshError(path, f"not a manifold mesh: {(uses > 2).sum()} edges are shared by more than two cells")
+    folded = _folded_cells(cells, area, index, uses)
+    if len(folded):
+        raise MeshError(path, f"{len(folded)} inverted cells, folded over a neighbour (first: cell {folded[0]})")
     if len(cells) > 1:
         isolated = np.flatnonzero((uses[index] == 1).all(axis=1))
         if len(isolated):
@@ -221,6 +218,24 @@ def _check_geometry(path: Path, points: np.ndarray, cells: np.ndarray) -> None:
         x, y = points[pairs[0, 0]]
         raise MeshError(path, f"{len(np.unique(pairs))} duplicate vertices (the same coordinates as another; first "
                               f"at ({x:.6g}, {y:.6g}))")
+
+
+def _folded_cells(cells: np.ndarray, area: np.ndarray, index: np.ndarray, uses: np.ndarray) -> np.ndarray:
+    """Cells that overlap a neighbour: with every cell turned counter-clockwise, an edge two cells
+    share is walked in opposite directions by a flat mesh and in the same direction across a fold.
+
+    The vertex order of a cell is free (files and Firedrake differ), so orientation alone says nothing.
+    """
+    ccw = np.where(area[:, None] > 0, cells, cells[:, ::-1])
+    ccw_index = np.where(area[:, None] > 0, index, np.roll(index[:, ::-1], -1, axis=1))
+    forward = (ccw < np.roll(ccw, -1, axis=1)).ravel()  # whether each cell edge runs from its lower vertex
+    edge = ccw_index.ravel()
+    shared = uses[edge] == 2
+    order = np.argsort(edge[shared], kind="stable")
+    cell_of = np.repeat(np.arange(len(cells)), cells.shape[1])[shared][order]
+    pairs_forward = forward[shared][order].reshape(-1, 2)
+    same = pairs_forward[:, 0] == pairs_forward[:, 1]
+    return np.unique(cell_of.reshape(-1, 2)[same])
 
 
 def _tagged_lines(path: Path, mesh, renumber: np.ndarray, cells: np.ndarray):

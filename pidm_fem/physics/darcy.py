@@ -26,6 +26,7 @@ from ufl.core.expr import Expr
 from ..bridge import BatchedFormOperator, FieldLayout, TapedOperator, TorchFEM
 from .darcy_batch_solve import NEUMANN_LU, BatchedDarcySolver, constant_nullspace, solve_from_zero, zero_mean
 from .field_maps import neumann_laplacian_maps
+from .problem import residual_kind
 
 #: amplitude and box size of the paper's source on the unit square
 PAPER_SOURCE_AMPLITUDE = 10.0
@@ -179,8 +180,7 @@ class DarcyProblem:
         ValueError
             If ``kind`` is not one of :data:`RESIDUAL_KINDS`.
         """
-        if kind not in RESIDUAL_KINDS:
-            raise ValueError(f"residual kind must be one of {RESIDUAL_KINDS}, got {kind!r}")
+        residual_kind(kind, RESIDUAL_KINDS)
         if chunk not in self._torch_weak:  # one compiled operator serves every kind
             self._torch_weak[chunk] = TorchFEM(self.residual_operator(chunk))
         weak = self._torch_weak[chunk]

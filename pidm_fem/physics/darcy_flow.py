@@ -10,7 +10,6 @@ pressure's Neumann Laplacian and log K).
 from __future__ import annotations
 
 from dataclasses import replace
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -19,15 +18,14 @@ import torch
 from pidm_fem.physics.darcy_data import DarcyDataSettings, DarcySampleGenerator, make_darcy_generator
 from pidm_fem.physics.problem import (
     Coordinates,
-    GeneratorFactory,
+    GeneratedProblem,
     LinearCoordinates,
     LogCoordinates,
-    Problem,
     RowFunction,
 )
 
 
-class DarcyFlow(Problem):
+class DarcyFlow(GeneratedProblem):
     """Darcy flow on a mesh, from its data settings (:class:`~pidm_fem.physics.darcy_data.DarcyDataSettings`).
 
     Parameters
@@ -39,6 +37,7 @@ class DarcyFlow(Problem):
     name = "darcy"
     coefficient_fields = ("K",)
     state_fields = ("p",)
+    make_generator = staticmethod(make_darcy_generator)
 
     def __init__(self, settings: DarcyDataSettings):
         self.data_settings = settings
@@ -56,19 +55,6 @@ class DarcyFlow(Problem):
     def with_seed(self, seed: int) -> "DarcyFlow":
         """The same problem with another data seed (itself when the seed is its own)."""
         return self if seed == self.data_settings.seed else DarcyFlow(replace(self.data_settings, seed=seed))
-
-    @property
-    def fingerprint(self) -> str:
-        return self.generator.fingerprint
-
-    def settings(self) -> dict[str, Any]:
-        return self.data_settings.as_dict()
-
-    def sample(self, index: int) -> np.ndarray:
-        return self.generator(index)
-
-    def generator_factory(self) -> GeneratorFactory:
-        return partial(make_darcy_generator, self.data_settings)
 
     def torch_residual(self, kind: str = "strong") -> RowFunction:
         """``"strong"`` (``M_L^{-1} R``), ``"weak"`` (R) or ``"preconditioned"`` (see

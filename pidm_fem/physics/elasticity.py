@@ -86,6 +86,11 @@ class Material:
         return lam * ufl.tr(eps) * ufl.Identity(2) + 2 * mu * eps
 
 
+def stiffness_form(material: Material, u: Any, v: Any, rho: Any, measure: Any) -> ufl.Form:
+    """``integral sigma(u, E(rho)) : eps(v)`` over ``measure``: the SIMP stiffness as a form of (u, v, rho)."""
+    return ufl.inner(material.stress(u, material.modulus(rho)), ufl.sym(ufl.grad(v))) * measure
+
+
 @dataclass(frozen=True)
 class Support:
     """Zero (or prescribed) displacement on part of the boundary.
@@ -288,7 +293,7 @@ class Elasticity:
 
     def bilinear(self, u: Any, v: Any, rho: ufl.core.expr.Expr) -> ufl.Form:
         """``a(rho; u, v) = integral sigma(u, rho) : eps(v) dx``."""
-        return ufl.inner(self.stress(u, rho), ufl.sym(ufl.grad(v))) * self.dx
+        return stiffness_form(self.material, u, v, rho, self.dx)
 
     def distributed_loads(self, v: Any) -> ufl.Form | None:
         """The tractions and body forces as a linear form of ``v`` (None if there are none)."""

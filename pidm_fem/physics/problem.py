@@ -23,9 +23,10 @@ may be scalar or vector, and fields may live on different spaces.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from functools import partial
+from typing import Any, ClassVar, Union
 
 import numpy as np
 import torch
@@ -164,3 +165,36 @@ class Problem(ABC):
     def inadmissible(self, rows: np.ndarray) -> np.ndarray:
         """A boolean per row: values that are not finite, or outside what the problem admits."""
         return ~np.all(np.isfinite(self.layout.check(rows)), axis=1)
+
+
+class GeneratedProblem(Problem):
+    """A problem whose samples come from a generator built from a settings record.
+
+    Subclasses set ``data_settings`` (with ``as_dict()``) and ``generator`` (callable on an
+    index, with a ``fingerprint``) and name the picklable factory ``settings -> generator``
+    that worker processes call as :attr:`make_generator`.
+    """
+
+    data_settings: Any
+    generator: Any
+    make_generator: ClassVar[Callable[[Any], Callable[[int], np.ndarray]]]
+
+    @property
+    def fingerprint(self) -> str:
+        return self.generator.fingerprint
+
+    def settings(self) -> dict[str, Any]:
+        return self.data_settings.as_dict()
+
+    def sample(self, index: int) -> np.ndarray:
+        return self.generator(index)
+
+    def generator_factory(self) -> GeneratorFactory:
+        return partial(type(self).make_generator, self.data_settings)
+
+
+def residual_kind(kind: str, kinds: Sequence[str]) -> str:
+    """``kind`` if it is one of ``kinds``; otherwise a ValueError naming them."""
+    if kind not in kinds:
+        raise ValueError(f"residual kind must be one of {tuple(kinds)}, got {kind!r}")
+    return kind

@@ -7,9 +7,10 @@ from typing import Any
 
 from pidm_fem.physics.darcy_flow import DarcyFlow
 from pidm_fem.physics.problem import Problem
+from pidm_fem.physics.topology import TopologyDesign
 
 #: problem name -> factory ``(mesh, seed, **options) -> Problem``
-PROBLEMS: dict[str, Callable[..., Problem]] = {"darcy": DarcyFlow.from_options}
+PROBLEMS: dict[str, Callable[..., Problem]] = {"darcy": DarcyFlow.from_options, "topology": TopologyDesign.from_options}
 
 
 def build_problem(name: str, mesh: str, seed: int = 0, **options: Any) -> Problem:

@@ -2,7 +2,7 @@
 
 The loop is the 88-line code's (Andreassen et al. 2011) on any mesh:
 
-1. filter (and optionally project) the design x into the physical density;
+1. filter (and optionally project) the design x into the physical density, kept non-negative;
 2. solve the elasticity problem, compute the compliance and its sensitivities
    (self-adjoint: ``dc/drho = -u^T dK/drho u``, assembled from the UFL derivative of the
    strain energy);
@@ -124,13 +124,24 @@ class _Design:
         self.projection = HeavisideProjection(beta_max=settings.beta_max) if settings.projection else None
 
     def physical(self, x: np.ndarray) -> np.ndarray:
+        """The density the physics sees: filtered, projected, and kept non-negative.
+
+        The Helmholtz filter is not monotone (its consistent mass), so it can leave [0, 1]
+        by a little. E(rho) of a negative density would be negative, so it is cut at 0; a
+        density a little above 1 is harmless (cutting it too would make the optimality
+        criteria oscillate between the cut and the move limit).
+        """
         filtered = self.filter.apply(x)
-        return filtered if self.projection is None else self.projection.apply(filtered)
+        projected = filtered if self.projection is None else self.projection.apply(filtered)
+        return np.maximum(projected, 0.0)
 
     def pull_back(self, x: np.ndarray, g: np.ndarray) -> np.ndarray:
         """The gradient with respect to x of a function whose gradient at the physical density is g."""
+        filtered = self.filter.apply(x)
+        projected = filtered if self.projection is None else self.projection.apply(filtered)
+        g = np.where(projected >= 0.0, g, 0.0)
         if self.projection is not None:
-            g = g * self.projection.derivative(self.filter.apply(x))
+            g = g * self.projection.derivative(filtered)
         return self.filter.adjoint(g, x)
 
     def pull_back_volume(self, x: np.ndarray, g: np.ndarray) -> np.ndarray:

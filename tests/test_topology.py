@@ -1,0 +1,108 @@
+"""The topology case study's samples and physics: SIMP optima of random problems, batched through the bridge."""
+
+import firedrake as fd
+import meshio
+import numpy as np
+import pytest
+import torch
+
+from pidm_fem.physics.topology import TopologyDesign
+from pidm_fem.physics.topology_data import SPLITS, TopologyDataSettings, draw_problem, load_position
+
+
+@pytest.fixture(scope="module")
+def problem(tmp_path_factory):
+    """The topology problem on a small 2 x 1 rectangle (20 x 10 squares cut into triangles)."""
+    mesh = fd.RectangleMesh(20, 10, 2.0, 1.0)
+    path = tmp_path_factory.mktemp("topology") / "rectangle.msh"
+    cells = mesh.coordinates.cell_node_map().values
+    points = mesh.coordinates.dat.data_ro
+    edges, tags = [], []  # the boundary edges, tagged as RectangleMesh tags them
+    for tag, test in ((1, lambda p: np.isclose(p[:, 0], 0)), (2, lambda p: np.isclose(p[:, 0], 2)),
+                      (3, lambda p: np.isclose(p[:, 1], 0)), (4, lambda p: np.isclose(p[:, 1], 1))):
+        on = test(points)
+        for cell in cells:
+            for a, b in ((cell[0], cell[1]), (cell[1], cell[2]), (cell[2], cell[0])):
+                if on[a] and on[b]:
+                    edges.append(sorted((a, b)))
+                    tags.append(tag)
+    edges, unique = np.unique(np.array(edges), axis=0, return_index=True)
+    meshio.write(path, meshio.Mesh(np.column_stack([points, np.zeros(len(points))]),
+                                   [("triangle", cells), ("line", edges)],
+                                   cell_data={"gmsh:physical": [np.full(len(cells), 10), np.array(tags)[unique]],
+                                              "gmsh:geometrical": [np.full(len(cells), 1), np.array(tags)[unique]]}),
+                 file_format="gmsh22", binary=False)
+    return TopologyDesign(TopologyDataSettings(mesh=str(path), rmin=0.15, max_iterations=60))
+
+
+def test_draws_stay_in_their_split_ranges():
+    rng = np.random.default_rng(0)
+    for split, ranges in SPLITS.items():
+        for _ in range(200):
+            drawn = draw_problem(rng, split)
+            assert any(a <= drawn.s < b or (b == 1.0 and drawn.s == 1.0) for a, b in ranges["s"])
+            assert any(a <= drawn.volfrac <= b for a, b in ranges["volfrac"])
+            assert -180 <= drawn.angle <= 0
+    low, high = np.zeros(2), np.array([2.0, 1.0])
+    assert load_position(0.0, low, high) == (0.0, 1.0) and load_position(1.0, low, high) == (2.0, 0.0)
+    assert load_position(2 / 3, low, high) == (2.0, 1.0)
+
+
+def test_a_sample_is_a_simp_optimum_with_its_conditions(problem):
+    record = problem.generator.record(3)
+    row = record["row"]
+    assert np.array_equal(row, problem.sample(3))  # deterministic
+    fields = problem.layout.split(row[None])
+    rho, volfrac = fields["rho"][0], fields["volfrac"][0, 0]
+    assert rho.min() >= 0 and rho.max() <= 1
+    assert abs(problem.weights() @ rho / problem.weights().sum() - volfrac) < 1e-3
+    assert np.allclose(fields["load"][0].reshape(-1, 2).sum(axis=0), _force(record["problem"].angle))
+    assert fields["support"][0].sum() >= 2 and (fields["strain_energy"][0] >= -1e-12).all()
+    assert record["iterations"] <= 60 and isinstance(record["capped"], bool)
+    x = torch.tensor(row[None])
+    r = problem.torch_residual("strong")(x)
+    scale = np.abs(fields["load"][0]).max() / problem.lumped_mass.min()
+    assert r.abs().max().item() < 1e-9 * scale  # the data's own floor
+    compliance = problem.functionals()["objective"](x).item()
+    assert abs(compliance / record["compliance"] - 1) < 1e-8
+
+
+def _force(angle):
+    return np.cos(np.radians(angle)), np.sin(np.radians(angle))
+
+
+def test_batched_residual_and_compliance_match_a_direct_assembly_and_pass_a_taylor_test(problem):
+    rng = np.random.default_rng(1)
+    row = problem.sample(5)
+    drawn = problem.generator.problem(5)
+    elasticity = problem.generator.elasticity(drawn)
+    layout = problem.layout
+    u = fd.Function(elasticity.V)
+    rho = fd.Function(elasticity.D)
+    blocks = layout.split(row[None])
+    u.dat.data[:] = (blocks["u"][0] + 1e-3 * rng.normal(size=blocks["u"].shape[1])).reshape(-1, 2)
+    rho.dat.data[:] = np.clip(blocks["rho"][0] + 0.05 * rng.normal(size=blocks["rho"].shape[1]), 0.01, 1)
+    for bc in elasticity.bcs:  # the supports, imposed as the problem imposes them
+        bc.apply(u)
+    x = row.copy()
+    x[layout.block("u")] = u.dat.data_ro.ravel()
+    x[layout.block("rho")] = rho.dat.data_ro
+    xt = torch.tensor(x[None], requires_grad=True)
+    batched = problem.torch_residual("strong")(xt).detach().numpy().reshape(-1, 2)
+    direct = elasticity.strong_residual(u, rho)
+    assert np.abs(batched - direct).max() < 1e-10 * np.abs(direct).max()
+    energy = fd.assemble(elasticity.bilinear(u, u, rho))
+    assert abs(problem.functionals()["objective"](xt).item() / energy - 1) < 1e-12
+
+    def J(y):
+        return (problem.torch_residual("weak")(y) ** 2).sum() + problem.functionals()["objective"](y).sum()
+
+    value = J(xt)
+    value.backward()
+    direction = torch.zeros_like(xt)
+    generated = np.r_[np.arange(layout.block("u").start, layout.block("u").stop),
+                      np.arange(layout.block("rho").start, layout.block("rho").stop)]
+    direction[0, generated] = torch.tensor(rng.uniform(-1, 1, len(generated)) * 1e-2)
+    slope = (xt.grad * direction).sum()
+    errors = [abs((J(xt.detach() + h * direction) - value - h * slope).item()) for h in (1.0, 0.5, 0.25)]
+    assert all(np.log2(errors[i] / errors[i + 1]) > 1.9 for i in range(2)), errors
