@@ -7,6 +7,7 @@ normalised units; physics enters as differentiable callables on physical samples
 
 from __future__ import annotations
 
+from pidm_fem.diffusion.conditions import StandardisedConditions
 from pidm_fem.diffusion.experts import ChannelExperts, TimestepExperts
 from pidm_fem.diffusion.guidance import CoCoGenCorrector, PhysicsGuidedConditioning, Residual
 from pidm_fem.diffusion.input_views import LinearViewInputs
@@ -30,6 +31,7 @@ __all__ = [
     "PIDMLoss",
     "PhysicsGuidedConditioning",
     "Residual",
+    "StandardisedConditions",
     "TimestepExperts",
     "TrajectoryStates",
     "VPredictionDenoiser",

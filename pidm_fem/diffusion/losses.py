@@ -206,18 +206,21 @@ class PIDMLoss:
         x0_est: torch.Tensor,
         t: torch.Tensor,
         active: torch.Tensor | None,
+        cond: torch.Tensor | None = None,
     ) -> None:
         """Add the physics terms of estimates ``x0_est`` (normalised) at steps ``t`` to ``values``.
 
         ``active`` (B,) bool masks the samples that count (the others count as zero in the
-        batch means); all count when None.
+        batch means); all count when None. ``cond``, the batch's condition fields, is
+        passed to every functional as its second argument when given (the physics of a
+        conditional problem depends on its loads and supports).
         """
         batch = x0_est.shape[0]
         x_phys = self.normalizer.denormalize(detach_channels(x0_est, self.frozen_channels))
         variance = self.schedule.posterior_variance.to(x_phys.device)[t].to(x_phys.dtype)
         mask = None if active is None else active.to(x_phys.dtype)
         for component, functional, weight_c, kind in terms:
-            g = _rows(functional(x_phys), batch, component)
+            g = _rows(functional(x_phys) if cond is None else functional(x_phys, cond), batch, component)
             if kind == "objective":
                 term = weight_c * (g if mask is None else g * mask.unsqueeze(1)).mean()
             elif kind == "state":
@@ -247,6 +250,7 @@ class PIDMLoss:
             Clean physical samples, shape (B, C, n).
         cond, scalars
             Per-node condition fields (B, C_cond, n) and per-sample scalars (B, S), or None.
+            The condition fields are also the second argument of every physics functional.
         generator
             Source of t, the noise and the condition dropout; the global RNG when None.
         t
@@ -293,7 +297,7 @@ class PIDMLoss:
         if on_data:
             x0_est = x0_hat if self.x0_estimate == "mean" else self._sample_estimate(denoise, x_t, t, x0_hat)
             active = None if self.physics_max_t is None else (t < self.physics_max_t)
-            self._add_physics(values, on_data, x0_est, t, active)
+            self._add_physics(values, on_data, x0_est, t, active, cond)
         if terms and self.trajectory is not None and model.training:
             if cond is not None or scalars is not None:
                 raise ValueError("trajectory states need a problem without condition fields or scalars")

@@ -50,6 +50,7 @@ from pidm_fem.diffusion import (
     LinearViewInputs,
     LogChannelMap,
     PhysicsGuidedConditioning,
+    StandardisedConditions,
     PIDMLoss,
     Residual,
     TimestepExperts,
@@ -282,6 +283,8 @@ class Experiment:
     ----------
     fields
         Rows <-> (B, C, n) channel tensors of the generated fields.
+    conditions
+        Rows <-> (B, C_cond, n) tensors of the condition fields (None for a problem without).
     mesh
         The mesh as the denoisers see it.
     fingerprint
@@ -300,13 +303,12 @@ class Experiment:
         workers: int = 1,
         progress: bool = True,
     ):
-        if problem.conditions:
-            raise ConfigError(f"the {problem.name} problem has condition fields, which this experiment does not feed")
         self.problem = problem
         self.config = config
         self.data_dir, self.run_dir = Path(data_dir), Path(run_dir)
         self.workers, self.progress = workers, progress
         self.fields = NodeFields(problem.layout, problem.generated)
+        self.conditions = NodeFields(problem.layout, problem.conditions) if problem.conditions else None
         self.mesh = self.fields.mesh_nodes()
         self.fingerprint = problem.fingerprint
         self.schedule = CosineSchedule(config.diffusion.T)
@@ -315,15 +317,25 @@ class Experiment:
         self._rows_state_misfit = problem.torch_state_misfit() if problem.has_state_solve() else None
         self._splits: Splits | None = None
         self._channel_maps: list | None = None
+        self._condition_statistics: torch.Tensor | None = None
 
     # --- physics of (B, C, n) physical tensors -------------------------------------------
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
-        """The problem's residual of physical fields (B, C, n), per ``diffusion.residual``: differentiable."""
-        return self._rows_residual(self.fields.to_rows(x))
+    def rows_of(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Packed rows of generated fields x (B, C, n) and, for a conditional problem, their conditions (B, C_cond, n)."""
+        if self.conditions is None:
+            return self.fields.to_rows(x)
+        if cond is None:
+            raise ValueError(f"the {self.problem.name} problem's physics needs the condition fields")
+        base = self.conditions.to_rows(cond.to(x.dtype), rows=x.new_zeros(x.shape[0], self.problem.layout.total))
+        return self.fields.to_rows(x, rows=base)
 
-    def strong_residual(self, x: torch.Tensor) -> torch.Tensor:
+    def residual(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """The problem's residual of physical fields (B, C, n) (and conditions), per ``diffusion.residual``."""
+        return self._rows_residual(self.rows_of(x, cond))
+
+    def strong_residual(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """The strong-form-equivalent nodal residual of physical fields (B, C, n): what the evaluation reports."""
-        return self._rows_strong_residual(self.fields.to_rows(x))
+        return self._rows_strong_residual(self.rows_of(x, cond))
 
     def solve_state(self, x: torch.Tensor) -> torch.Tensor:
         """The state solved for each sample's own coefficient (the coupling the data obey), float64.
@@ -333,16 +345,16 @@ class Experiment:
         rows = self.fields.to_rows(x.detach().cpu().double())
         return torch.from_numpy(self.problem.solve_state(rows.numpy()))
 
-    def state_misfit(self, x: torch.Tensor) -> torch.Tensor:
+    def state_misfit(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """The problem's relative state misfit of physical fields (B, C, n): differentiable in the state."""
         if self._rows_state_misfit is None:
             raise ConfigError(f"the {self.problem.name} problem has no state solve, so no state misfit")
-        return self._rows_state_misfit(self.fields.to_rows(x))
+        return self._rows_state_misfit(self.rows_of(x, cond))
 
     def functionals(self) -> dict[str, Functional]:
-        """The problem's functionals as functions of physical fields (B, C, n)."""
+        """The problem's functionals as functions of physical fields (B, C, n) (and conditions)."""
         return {
-            term: (lambda x, f=functional: f(self.fields.to_rows(x)))
+            term: (lambda x, cond=None, f=functional: f(self.rows_of(x, cond)))
             for term, functional in self.problem.functionals().items()
         }
 
@@ -405,8 +417,19 @@ class Experiment:
         return self._splits
 
     def node_tensor(self, rows: np.ndarray) -> torch.Tensor:
-        """Rows (N, total) as the network-dtype tensor (N, C, n)."""
+        """Rows (N, total) as the network-dtype tensor (N, C, n) of the generated fields."""
         return self.fields.to_nodes(torch.as_tensor(rows, dtype=DTYPE))
+
+    def condition_tensor(self, rows: np.ndarray) -> torch.Tensor | None:
+        """Rows (N, total) as the physical condition fields (N, C_cond, n), network dtype; None without conditions."""
+        return None if self.conditions is None else self.conditions.to_nodes(torch.as_tensor(rows, dtype=DTYPE))
+
+    def _data(self, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        """The trainer's tensors of rows: ``x0`` and, for a conditional problem, ``cond``."""
+        data = {"x0": self.node_tensor(rows)}
+        if self.conditions is not None:
+            data["cond"] = self.condition_tensor(rows)
+        return data
 
     def coefficient_channels(self) -> tuple[int, ...]:
         """Channels of the coefficient fields: held fixed when the physics is differentiated "state" only."""
@@ -496,13 +519,18 @@ class Experiment:
         model_config = self.config.model if width is None else replace(self.config.model, width=width)
         n_fields = self.fields.n_channels
         views = self.input_views()
-        cond_channels = (n_fields if self.config.diffusion.method == "physics_guided" else 0) + len(views)
+        n_conditions = 0 if self.conditions is None else self.conditions.n_channels
+        cond_channels = n_conditions + (n_fields if self.config.diffusion.method == "physics_guided" else 0) + len(views)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.training.seed)
             network = build_denoiser(model_config, self.mesh, n_fields, cond_channels=cond_channels,
                                      n_timesteps=self.config.diffusion.T)
         if views:
             network = LinearViewInputs(network, views)
+        if n_conditions:
+            network = StandardisedConditions(network, n_conditions)
+            if self._condition_statistics is not None:
+                network.fit(self._condition_statistics)
         return x0_denoiser(network, self.config.diffusion.prediction, self.schedule)
 
     # --- training --------------------------------------------------------------------------
@@ -551,8 +579,9 @@ class Experiment:
 
         def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator):
             loss = train_loss if model.training else eval_loss
-            return loss(model, batch["x0"], generator=generator)
+            return loss(model, batch["x0"], cond=batch.get("cond"), generator=generator)
 
+        self._condition_statistics = self.condition_tensor(splits.train)  # the models standardise conditions by it
         parts = self.build_model()
         resumed = (self.run_dir / LAST).is_file()
         _copy_frozen(parts.full_range, full_range, resumed,
@@ -563,11 +592,11 @@ class Experiment:
                      "a run without a frozen coefficient (diffusion.role) takes no coefficient model",
                      f"diffusion.role: the run {self.run_dir} starts from the denoiser of its coefficient, "
                      "and none was given")
-        val_data = {"x0": self.node_tensor(splits.val)} if len(splits.val) else None
+        val_data = self._data(splits.val) if len(splits.val) else None
         return Trainer(
             parts.model,
             loss_fn,
-            {"x0": self.node_tensor(splits.train)},
+            self._data(splits.train),
             self.config,
             self.run_dir,
             val_data=val_data,
@@ -619,6 +648,7 @@ class Experiment:
         checkpoint: str | os.PathLike | None = None,
         on_step: Callable[[int, torch.Tensor], None] | None = None,
         wrap: Callable[[nn.Module, FieldNormalizer], nn.Module] | None = None,
+        conditions: np.ndarray | None = None,
     ) -> np.ndarray:
         """Draw physical rows from a checkpoint's EMA weights, per ``config.sampling``.
 
@@ -643,6 +673,10 @@ class Experiment:
             Sample from ``wrap(model, normalizer)`` instead of the checkpoint's model
             (e.g. a composition with another run's model), in the checkpoint's normalised
             units, which ``normalizer`` holds.
+        conditions
+            For a problem with condition fields: rows (N, total) whose conditions the N
+            samples are drawn for (their generated fields are ignored); ``n_samples`` must
+            be None or N.
 
         Returns
         -------
@@ -658,6 +692,15 @@ class Experiment:
             If any sample has a non-finite value (the message names the checkpoint).
         """
         settings = self.config.sampling
+        cond = None
+        if self.conditions is not None:
+            if conditions is None or (n_samples is not None and n_samples != len(conditions)):
+                raise InputError(f"the {self.problem.name} problem is sampled for given conditions: one row each")
+            if cocogen or self.config.diffusion.method == "physics_guided":
+                raise ConfigError(f"CoCoGen and physics-guided sampling need a problem without condition fields "
+                                  f"({self.problem.name} has them)")
+            conditions = self.problem.layout.check(conditions)
+            cond, n_samples = self.condition_tensor(conditions), len(conditions)
         n_samples = settings.n_samples if n_samples is None else n_samples
         if not isinstance(n_samples, int) or isinstance(n_samples, bool) or n_samples < 1:
             raise InputError(f"the number of samples must be a positive integer, got {n_samples!r}")
@@ -700,10 +743,12 @@ class Experiment:
                 device=device,
                 progress=self.progress,
                 on_step=on_step,
+                cond=None if cond is None else cond[start : start + batch].to(device),
             )
             for start in range(0, n_samples, batch)
         ]
-        rows = self.fields.to_rows(torch.cat(chunks)).to(device="cpu", dtype=torch.float64).numpy()
+        given = None if conditions is None else torch.as_tensor(conditions, dtype=torch.float64)
+        rows = self.fields.to_rows(torch.cat(chunks).cpu().double(), rows=given).numpy()
         bad = int((~np.isfinite(rows).all(axis=1)).sum())
         if bad:
             raise SamplingFailed(f"{self.run_dir / LAST if checkpoint is None else checkpoint}: {bad} of {n_samples} "
