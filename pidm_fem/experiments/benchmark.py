@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 
-from pidm_fem.experiments import darcy_modes
+from pidm_fem.experiments import darcy_modes, topology_modes
 from pidm_fem.experiments.comparison import Study, check_study, train_all, train_and_sample, train_in_parallel
 from pidm_fem.experiments.methods import check_methods, method_config
 from pidm_fem.experiments.report import evaluate_runs, write_report
@@ -25,7 +25,7 @@ from pidm_fem.training import ConfigError, config_to_dict
 from pidm_fem.training.config import merge_sections, read_yaml, read_yaml_file
 
 #: each problem's benchmark modes
-MODES = {"darcy": darcy_modes.MODES}
+MODES = {"darcy": darcy_modes.MODES, "topology": topology_modes.MODES}
 
 
 class BenchmarkError(InputError):

@@ -194,6 +194,24 @@ def diffusion_loss(
     )
 
 
+def data_file(folder: str | os.PathLike, problem: Problem, n_rows: int) -> Path:
+    """The sample file of ``n_rows`` rows of ``problem`` (its settings and mesh) in ``folder``."""
+    settings = json.dumps(problem.settings(), sort_keys=True)
+    digest = hashlib.sha256(settings.encode()).hexdigest()[:12]
+    return Path(folder) / f"{problem.name}_{problem.fingerprint}_{digest}_{n_rows}.h5"
+
+
+def problem_rows(problem: Problem, path: Path, n_rows: int, workers: int = 1, progress: bool = True) -> np.ndarray:
+    """The ``n_rows`` samples of ``problem`` in the file ``path``, generating (or completing) it first."""
+    layout = problem.layout
+    make = problem.generator_factory() if workers > 1 else lambda: problem.sample
+    path = generate_samples(path, n_rows, make, problem.fingerprint, problem.settings(),
+                            {name: layout.dof_coordinates(name) for name in layout.names},
+                            workers=workers, progress=progress, reject=problem.inadmissible)
+    rows, _ = load_samples(path, problem.fingerprint, layout.names, problem.settings(), reject=problem.inadmissible)
+    return rows
+
+
 def _max_t(fraction: float, T: int) -> int:
     """The bound ``round(fraction * T)`` (at least 1) of the steps ``t < bound`` that make up a fraction of T."""
     return max(1, round(fraction * T))
@@ -388,28 +406,12 @@ class Experiment:
 
     def data_path(self) -> Path:
         """The sample file of this experiment's problem settings, mesh and size."""
-        settings = json.dumps(self.problem.settings(), sort_keys=True)
-        digest = hashlib.sha256(settings.encode()).hexdigest()[:12]
-        return self.data_dir / f"{self.problem.name}_{self.fingerprint}_{digest}_{self.n_rows}.h5"
+        return data_file(self.data_dir, self.problem, self.n_rows)
 
     def dataset(self) -> Splits:
         """The training, validation and test rows, generating the sample file if it is missing."""
         if self._splits is None:
-            layout = self.problem.layout
-            make = self.problem.generator_factory() if self.workers > 1 else lambda: self.problem.sample
-            path = generate_samples(
-                self.data_path(),
-                self.n_rows,
-                make,
-                self.fingerprint,
-                self.problem.settings(),
-                {name: layout.dof_coordinates(name) for name in layout.names},
-                workers=self.workers,
-                progress=self.progress,
-                reject=self.problem.inadmissible,
-            )
-            rows, _ = load_samples(path, self.fingerprint, layout.names, self.problem.settings(),
-                                   reject=self.problem.inadmissible)
+            rows = problem_rows(self.problem, self.data_path(), self.n_rows, self.workers, self.progress)
             n_train, n_val = self.config.data.n_train, self.config.data.n_val
             self._splits = Splits(
                 train=rows[:n_train], val=rows[n_train : n_train + n_val], test=rows[n_train + n_val :]
