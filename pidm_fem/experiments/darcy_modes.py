@@ -3,8 +3,8 @@
 * ``quick`` (``make demo``): the coarse mesh, 256 training samples, 350 steps; the
   paper's methods and the physics-exact reference, CoCoGen on DDPM and PIDM-mean;
   under 10 minutes on two cores.
-* ``default``: the default mesh, 1,000 training samples, 1,500 steps; every method,
-  the low-noise expert of ``ddpm_k_pidm_p`` for 1,500 steps; about two hours on two cores.
+* ``default``: the default mesh, 1,000 training samples, 1,000 steps; every method,
+  the low-noise expert of ``ddpm_k_pidm_p`` for 1,000 steps; about 1.5 hours on two cores.
 * ``full``: the paper's scale (10,000 samples, 300,000 steps, a U-Net of width 64,
   ancestral sampling), for a GPU (``--device cuda``).
 """
@@ -32,9 +32,9 @@ MODES: dict[str, dict[str, Any]] = {
         "methods": ALL_METHODS,
         "config": {
             "data": {"n_train": 1000, "n_val": 64, "n_test": 128},
-            "training": {"steps": 1500},
+            "training": {"steps": 1000},
             "sampling": {"n_samples": 128},
-            "expert": {"steps": 1500},
+            "expert": {"steps": 1000},
             "cocogen": {"apply_to": ["ddpm", "pidm_mean"]},
         },
     },
