@@ -6,6 +6,7 @@ Unstructured triangulations (gmsh, frontal-Delaunay, target size ``h``) of a rec
     mbb_beam_60x20.msh     the 88-line code's MBB half-beam, 60 x 20, h = 1 (its element size)
     beam_with_hole.msh     a 60 x 20 beam with a hole of radius 4 at (30, 10), h = 1
     topology_2x1.msh       the topology case study's 2 x 1 rectangle, h = 0.04
+    topology_2x1_coarse.msh  the same rectangle at h = 0.07 (its quick mode)
 
 Boundary edges carry gmsh physical groups with Firedrake's RectangleMesh numbering:
 1 left (x = 0), 2 right (x = L), 3 bottom (y = 0), 4 top (y = H), and 5 the hole; the
@@ -29,6 +30,7 @@ BEAMS = {
     "mbb_beam_60x20.msh": (60.0, 20.0, 1.0, None),
     "beam_with_hole.msh": (60.0, 20.0, 1.0, (30.0, 10.0, 4.0)),
     "topology_2x1.msh": (2.0, 1.0, 0.04, None),
+    "topology_2x1_coarse.msh": (2.0, 1.0, 0.07, None),
 }
 
 

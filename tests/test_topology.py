@@ -81,7 +81,7 @@ def test_batched_residual_and_compliance_match_a_direct_assembly_and_pass_a_tayl
     rho = fd.Function(elasticity.D)
     blocks = layout.split(row[None])
     u.dat.data[:] = (blocks["u"][0] + 1e-3 * rng.normal(size=blocks["u"].shape[1])).reshape(-1, 2)
-    rho.dat.data[:] = np.clip(blocks["rho"][0] + 0.05 * rng.normal(size=blocks["rho"].shape[1]), 0.01, 1)
+    rho.dat.data[:] = np.clip(blocks["rho"][0] + 0.05 * rng.normal(size=blocks["rho"].shape[1]), 0.05, 0.95)  # inside the projection
     for bc in elasticity.bcs:  # the supports, imposed as the problem imposes them
         bc.apply(u)
     x = row.copy()
@@ -133,3 +133,61 @@ def test_a_conditional_pidm_trains_and_samples_given_the_conditions(problem, tmp
     assert not np.array_equal(rows[:, generated], test[:, generated])
     with pytest.raises(Exception, match="sampled for given conditions"):
         experiment.sample(2)
+
+
+def _design(problem, row, rho):
+    design = row.copy()
+    design[problem.layout.block("rho")] = rho
+    return design
+
+
+def test_the_judge_rebuilds_the_problem_and_finds_islands_and_missed_loads(problem):
+    """Hand-made designs: solid, with an island, without material at the load; the SIMP data against themselves."""
+    from pidm_fem.experiments.topology_study import judge_rows
+
+    row = problem.sample(3)
+    judge = problem.judge
+    nodes = judge.nodes
+    solid = _design(problem, row, np.ones(len(nodes)))
+    judged = judge.judge(solid)
+    assert judged["solid_components"] == 1 and not judged["floating"] and not judged["load_disrespect"]
+    assert judged["volume_fraction"] == pytest.approx(1.0)
+    # the rebuilt supports and load give the compliance of the generator's own problem, solid everywhere
+    elasticity = problem.generator.elasticity(problem.generator.problem(3))
+    elasticity.solve(np.ones(elasticity.D.dof_count))
+    assert judged["compliance"] == pytest.approx(elasticity.compliance(), rel=1e-10)
+
+    centre = np.array([1.0, 0.5])
+    distance = np.linalg.norm(nodes - centre, axis=1)
+    island = _design(problem, row, np.where((distance > 0.22) & (distance < 0.45), 0.0, 1.0))
+    assert judge.judge(island)["floating"]
+    centroids = nodes[judge.cells].mean(axis=1)
+    apart = np.abs(centroids - centre).max(axis=1)  # squares of the grid's lines
+    assert judge.solid_components((apart < 0.2) | (apart > 0.4)) == 2  # an island inside a plate
+    assert judge.solid_components(apart > 0.4) == 1 and judge.solid_components(apart < 0) == 0
+
+    load_node = judge.loaded_nodes(row)
+    assert len(load_node) == 1
+    near_load = np.linalg.norm(nodes - nodes[load_node[0]], axis=1) < 0.25
+    missed = judge.judge(_design(problem, row, np.where(near_load, 0.0, 1.0)))
+    assert missed["load_disrespect"] and not missed["floating"]
+
+    reference = np.array([judge.judge(row)["compliance"]])
+    own = judge_rows(problem, row[None], reference, progress=False)
+    assert own["compliance_error_mean"] == 0 and own["residual_mean"] < 1e-9 * np.abs(row).max() / judge.cell_areas.min()
+    stiffer = judge_rows(problem, solid[None], reference, progress=False)
+    assert stiffer["compliance_error_mean"] < 0  # more material, less compliance
+    assert stiffer["volume_fraction_error_mean"] == pytest.approx((1 - row[problem.layout.block("volfrac")][0])
+                                                                  / row[problem.layout.block("volfrac")][0])
+
+
+def test_the_physics_sees_the_density_projected_onto_zero_one(problem):
+    row = problem.sample(2)
+    layout = problem.layout
+    over = row.copy()
+    over[layout.block("rho")] = np.where(row[layout.block("rho")] > 0.5, 1.7, -0.4)
+    clipped = row.copy()
+    clipped[layout.block("rho")] = np.where(row[layout.block("rho")] > 0.5, 1.0, 0.0)
+    for function in (problem.torch_residual("weak"), *problem.functionals().values()):
+        a, b = (function(torch.tensor(x[None])) for x in (over, clipped))
+        assert torch.equal(a, b)

@@ -1,12 +1,13 @@
 """The topology benchmark's modes: the run file, mesh, methods and test sets of each scale.
 
-* ``quick``: 96 SIMP optima to train on, 400 steps per method, 16 test problems per
-  test set; under 15 minutes on two cores, data generation included.
+* ``quick``: the coarse mesh (556 vertices), 96 SIMP optima to train on, 400 steps per
+  method, 16 test problems per test set; under 15 minutes on two cores, data generation
+  included.
 
 Each test set has ``data.n_test`` problems; SIMP is rerun and timed on the first
 ``simp_timed`` of each, and PIDM's designs are refined by ``warm_iterations`` SIMP
 iterations.
-* ``default``: 1,000 SIMP optima, 3,000 steps per method, 64 test problems per test set;
+* ``default``: the 1,542-vertex mesh, 1,000 SIMP optima, 3,000 steps per method, 64 test problems per test set;
   hours on two cores.
 * ``full``: 10,000 optima and 100,000 steps, for a GPU (``--device cuda``; the FEM stays
   on the CPU).
@@ -32,7 +33,7 @@ _PHYSICS = {"representation": "nodal", "residual_gradient": "all", "residual": "
 
 MODES: dict[str, dict[str, Any]] = {
     "quick": {
-        "mesh": "topology_2x1.msh",
+        "mesh": "topology_2x1_coarse.msh",
         "methods": METHODS,
         "config": {
             "data": {"n_train": 96, "n_val": 8, "n_test": 16},

@@ -95,7 +95,7 @@ def stiffness_form(material: Material, u: Any, v: Any, rho: Any, measure: Any) -
 class Support:
     """Zero (or prescribed) displacement on part of the boundary.
 
-    Exactly one of ``boundary``, ``point`` and ``segment`` is given.
+    Exactly one of ``boundary``, ``point``, ``segment`` and ``nodes`` is given.
 
     Attributes
     ----------
@@ -107,6 +107,8 @@ class Support:
         A position; the support acts at the nearest vertex.
     segment
         Two end points; the support acts at every vertex within ``tolerance`` of the segment.
+    nodes
+        Indices of the displacement space's nodes (for example those a support mask marks).
     value
         The prescribed displacement: 0 (default), a constant per fixed component, or a
         callable of the spatial coordinate giving a UFL vector (for manufactured solutions).
@@ -118,14 +120,15 @@ class Support:
     boundary: int | None = None
     point: tuple[float, float] | None = None
     segment: tuple[tuple[float, float], tuple[float, float]] | None = None
+    nodes: tuple[int, ...] | None = None
     value: Any = 0.0
     tolerance: float = 1e-9
 
     def __post_init__(self) -> None:
         if self.kind not in SUPPORT_COMPONENTS:
             raise ValueError(f"support kind must be one of {', '.join(SUPPORT_COMPONENTS)}, got {self.kind!r}")
-        if sum(x is not None for x in (self.boundary, self.point, self.segment)) != 1:
-            raise ValueError("a support needs exactly one of boundary, point and segment")
+        if sum(x is not None for x in (self.boundary, self.point, self.segment, self.nodes)) != 1:
+            raise ValueError("a support needs exactly one of boundary, point, segment and nodes")
 
 
 @dataclass(frozen=True)
@@ -254,6 +257,10 @@ class Elasticity:
             return fd.DirichletBC(space, g, support.boundary)
         if support.point is not None:
             nodes = [self._nearest_node(support.point)]
+        elif support.nodes is not None:
+            nodes = list(support.nodes)
+            if not nodes or min(nodes) < 0 or max(nodes) >= len(self.nodes):
+                raise ValueError(f"support nodes must be indices below {len(self.nodes)}, got {support.nodes!r}")
         else:
             nodes = self._segment_nodes(*support.segment, support.tolerance)
             if not len(nodes):

@@ -5,7 +5,10 @@ The model generates the displacement ``u`` and the density ``rho`` (P1), conditi
 the strain energy density and von Mises stress of the fully solid design, the volume
 fraction, the support mask and the nodal load.
 
-The physics of a row, batched through the bridge:
+The physics of a row, batched through the bridge, sees the density projected onto [0, 1]
+(``clamp``: a generated density outside the range is read as void or solid, and the
+physics terms do not push it back; the data term does), so that the SIMP modulus stays
+positive:
 
 * the equilibrium residual ``R = K(rho) u - f`` of the plane-stress weak form, with the
   supports imposed (the displacement's supported components are set to zero before the
@@ -13,6 +16,8 @@ The physics of a row, batched through the bridge:
   as ``M_L^{-1} R`` (``"strong"``) or R (``"weak"``);
 * the volume fraction's mismatch ``integral rho / |Omega| - volfrac`` (equality term);
 * the compliance ``u^T K(rho) u`` (objective term).
+
+Designs are judged thresholded, by independent solves (:mod:`pidm_fem.physics.topology_metrics`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import torch
 
 from pidm_fem.physics.elasticity import Material, stiffness_form
 from pidm_fem.physics.problem import GeneratedProblem, RowFunction, residual_kind
+from pidm_fem.physics.topology_metrics import DesignJudge
 from pidm_fem.physics.topology_data import (
     CONDITIONS,
     TopologyDataSettings,
@@ -88,7 +94,15 @@ class TopologyDesign(GeneratedProblem):
             spaces, lambda f, d, v: stiffness_form(self.material, f["u"], f["u"], f["rho"], self._measure))
 
     def _blocks(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {name: x[:, self.layout.block(name)] for name in self.layout.names}
+        """The row's fields by name, the density projected onto [0, 1]."""
+        blocks = {name: x[:, self.layout.block(name)] for name in self.layout.names}
+        blocks["rho"] = blocks["rho"].clamp(0.0, 1.0)
+        return blocks
+
+    @cached_property
+    def judge(self) -> DesignJudge:
+        """Thresholded designs of rows: compliance, volume fraction, floating material, load contact."""
+        return DesignJudge(self.generator, self.material)
 
     def torch_residual(self, kind: str = "strong") -> RowFunction:
         """``"strong"``: ``M_L^{-1} (K(rho) u - f)``; ``"weak"``: ``K(rho) u - f``; supports imposed

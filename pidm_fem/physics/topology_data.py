@@ -165,16 +165,21 @@ class TopologySampleGenerator:
         supports, loads = conditions_of(problem, self.low, self.high)
         return Elasticity(self.mesh, supports, loads, material=Material(), density="P1")
 
+    def simp_settings(self, problem: RandomProblem, max_iterations: int | None = None):
+        """SIMP's settings for a drawn problem: its volume fraction, the Helmholtz filter, the iteration cap."""
+        from pidm_fem.topopt import SIMPSettings
+
+        cap = self.settings.max_iterations if max_iterations is None else max_iterations
+        return SIMPSettings(volfrac=problem.volfrac, rmin=self.settings.rmin, filter="helmholtz", max_iterations=cap)
+
     def record(self, index: int) -> dict[str, Any]:
         """Sample ``index`` with its bookkeeping: ``row``, ``problem``, ``compliance``, ``iterations``, ``capped``."""
-        from pidm_fem.topopt import SIMPSettings, optimise
+        from pidm_fem.topopt import optimise
 
         problem = self.problem(index)
         elasticity = self.elasticity(problem)
         solid = elasticity.solid_fields()
-        settings = SIMPSettings(volfrac=problem.volfrac, rmin=self.settings.rmin, filter="helmholtz",
-                                max_iterations=self.settings.max_iterations)
-        result = optimise(elasticity, settings, progress=False)
+        result = optimise(elasticity, self.simp_settings(problem), progress=False)
         density = np.clip(result.density, 0.0, 1.0)  # the Helmholtz filter may overshoot 1 by a little
         u = elasticity.solve(density)
         support = np.zeros((self.P1.dof_count, 2))
