@@ -13,6 +13,7 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def _mesh_info(args: argparse.Namespace) -> int:
@@ -42,19 +43,34 @@ def _mesh_info(args: argparse.Namespace) -> int:
 
 
 def _data(args: argparse.Namespace) -> int:
-    from .data import generate_samples, load_samples
+    from .errors import InputError
+    from .experiments.experiment import problem_rows
     from .physics.problems import build_problem
 
-    problem = build_problem(args.problem, str(args.mesh), seed=args.seed)
-    layout = problem.layout
-    path = generate_samples(
-        args.out, args.n, problem.generator_factory(), problem.fingerprint, problem.settings(),
-        {name: layout.dof_coordinates(name) for name in layout.names}, workers=args.workers,
-        reject=problem.inadmissible,
-    )
-    rows, _ = load_samples(path, problem.fingerprint, layout.names, problem.settings(), reject=problem.inadmissible)
-    print(f"{len(rows)} {args.problem} samples on {args.mesh} (seed {args.seed}) -> {path}")
+    options = dict(_problem_option(text) for text in args.option)
+    try:
+        problem = build_problem(args.problem, str(args.mesh), seed=args.seed, **options)
+    except TypeError as err:
+        raise InputError(f"--option: the {args.problem} problem has no such setting ({err})") from None
+    except ValueError as err:
+        raise InputError(f"--option: {err}") from None
+    rows = problem_rows(problem, args.out, args.n, args.workers)
+    print(f"{len(rows)} {args.problem} samples on {args.mesh} (seed {args.seed}) -> {args.out}")
     return 0
+
+
+def _problem_option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` (a YAML value) as a problem setting; InputError if malformed."""
+    from .config_files import ConfigError, read_yaml
+    from .errors import InputError
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise InputError(f"--option {text!r}: expected KEY=VALUE")
+    try:
+        return key.strip(), read_yaml(value)
+    except ConfigError as err:
+        raise InputError(f"--option {text!r}: {err}") from None
 
 
 def _simp(args: argparse.Namespace) -> int:
@@ -213,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="sample file (HDF5); while incomplete, finished rows are in OUT.partial")
     data.add_argument("--seed", type=_non_negative, default=0, help="data seed (row i depends on it and on i only)")
     data.add_argument("--workers", type=_positive, default=1, help="processes solving samples")
+    data.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                      help="a setting of the problem's samples (YAML value), e.g. split=out_of_distribution or "
+                           "max_iterations=100 for topology (docs/topopt.md); repeatable")
     data.set_defaults(run=_data)
     simp = commands.add_parser("simp", help="classical SIMP topology optimisation: the MBB beam or a user's mesh")
     simp.add_argument("case", nargs="?", choices=["mbb"], help="the 88-line code's MBB half-beam on a grid")

@@ -83,6 +83,19 @@ def test_bad_counts_are_one_line_usage_errors(tmp_path, capsys):
     assert _files(tmp_path) == ["run.yaml"]
 
 
+@pytest.mark.parametrize("option, words", [
+    ("split=nowhere", ("--option", "split must be one of")),
+    ("colour=3", ("--option", "the darcy problem has no such setting", "colour")),
+    ("seedless", ("--option 'seedless'", "expected KEY=VALUE")),
+])
+def test_bad_problem_options_are_one_line_errors_before_any_file(tmp_path, capsys, option, words):
+    problem = "topology" if option.startswith("split") else "darcy"
+    argv = ["data", problem, "--mesh", str(OTHER_MESH), "--n", "2", "--out", str(tmp_path / "x.h5"), "--option", option]
+    assert main(argv) == 2
+    _one_error_line(capsys, *words)
+    assert _files(tmp_path) == []
+
+
 def test_sampling_a_diverged_checkpoint_exits_1_and_writes_nothing(tmp_path, capsys):
     config = _run_file(tmp_path)
     out = tmp_path / "study"

@@ -48,6 +48,18 @@ def test_draws_stay_in_their_split_ranges():
     assert load_position(2 / 3, low, high) == (2.0, 1.0)
 
 
+def test_no_load_lands_on_a_support(problem):
+    from pidm_fem.physics.topology_data import RandomProblem
+
+    generator = problem.generator
+    on = {(family, s): generator._load_on_support(RandomProblem(family, s, -90.0, 0.4))
+          for family in ("clamped", "pinned", "rollers") for s in (0.0, 0.5, 1.0)}
+    assert on == {("clamped", 0.0): True, ("clamped", 0.5): False, ("clamped", 1.0): False,
+                  ("pinned", 0.0): False, ("pinned", 0.5): False, ("pinned", 1.0): True,
+                  ("rollers", 0.0): True, ("rollers", 0.5): False, ("rollers", 1.0): True}
+    assert not any(generator._load_on_support(generator.problem(i)) for i in range(300))
+
+
 def test_a_sample_is_a_simp_optimum_with_its_conditions(problem):
     record = problem.generator.record(3)
     row = record["row"]

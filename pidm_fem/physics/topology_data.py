@@ -12,6 +12,10 @@ A problem is drawn from the sample's index and the data seed, on a rectangular d
   uniformly in [-180, 0] degrees (downwards, from the +x axis);
 * **volume fraction** uniform in the split's range.
 
+A problem whose load lands on a supported vertex (the top-left corner of a clamped or
+roller-supported edge, the bottom-right corner of pinned or roller supports) does no work
+on any design; it is drawn again from the same stream, so sample i stays a function of i.
+
 The in-distribution split draws ``s`` in [0, 0.4) or [0.5, 1] and the volume fraction in
 [0.3, 0.5]; the out-of-distribution split draws ``s`` in [0.4, 0.5) (load positions never
 seen in training) and the volume fraction in [0.2, 0.3) or (0.5, 0.6].
@@ -37,7 +41,7 @@ from typing import Any, Literal
 import numpy as np
 
 from pidm_fem.mesh import load_mesh, mesh_fingerprint
-from pidm_fem.physics.elasticity import Elasticity, Material, PointLoad, Support
+from pidm_fem.physics.elasticity import Elasticity, Material, PointLoad, Support, vertex_nodes
 
 #: the support families
 SUPPORT_FAMILIES = ("clamped", "pinned", "rollers")
@@ -146,8 +150,8 @@ class TopologySampleGenerator:
         spaces = {"u": self.V, "rho": self.P1, "strain_energy": self.P1, "von_mises": self.P1,
                   "volfrac": self.P1, "support": self.V, "load": self.V}
         self.layout = FieldLayout.from_spaces(spaces)
-        coordinates = self.mesh.coordinates.dat.data_ro
-        self.low, self.high = coordinates.min(axis=0), coordinates.max(axis=0)
+        self.vertices = vertex_nodes(self.P1)
+        self.low, self.high = self.vertices.min(axis=0), self.vertices.max(axis=0)
 
     @property
     def fingerprint(self) -> str:
@@ -155,10 +159,27 @@ class TopologySampleGenerator:
         return f"{mesh_fingerprint(self.mesh)}-topology-P1"
 
     def problem(self, index: int) -> RandomProblem:
-        """The problem of sample ``index``."""
+        """The problem of sample ``index``: drawn again (from the same stream) while its load acts on a support."""
         split = list(SPLITS).index(self.settings.split)
         rng = np.random.default_rng([self.settings.seed, split, index])
-        return draw_problem(rng, self.settings.split)
+        while True:
+            drawn = draw_problem(rng, self.settings.split)
+            if not self._load_on_support(drawn):
+                return drawn
+
+    def _nearest_vertex(self, point) -> np.ndarray:
+        return self.vertices[np.argmin(np.linalg.norm(self.vertices - np.asarray(point), axis=1))]
+
+    def _load_on_support(self, problem: RandomProblem) -> bool:
+        """Whether the load's vertex is a supported one (its work, then, is lost in the reaction)."""
+        supports, loads = conditions_of(problem, self.low, self.high)
+        at = self._nearest_vertex(loads[0].position)
+        for support in supports:
+            if support.boundary == 1 and np.isclose(at[0], self.low[0]):
+                return True
+            if support.point is not None and np.array_equal(at, self._nearest_vertex(support.point)):
+                return True
+        return False
 
     def elasticity(self, problem: RandomProblem) -> Elasticity:
         """The elasticity problem (P1 density, plane stress, E_min 1e-9) of a drawn problem."""

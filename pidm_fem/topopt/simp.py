@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 from tqdm.auto import tqdm
 
+from pidm_fem.errors import ComputationError
 from pidm_fem.physics.elasticity import Elasticity
 from pidm_fem.topopt.filters import FILTERS, build_filter
 from pidm_fem.topopt.projection import HeavisideProjection
@@ -156,8 +157,10 @@ def optimality_criteria(x: np.ndarray, dc: np.ndarray, dv: np.ndarray, volume: C
     ``dv`` is scaled to mean one, so that on a uniform grid the bisection is the 88-line code's.
     """
     ratio = np.maximum(0.0, -dc / (dv / dv.mean()))
+    if not (ratio > 0).any():
+        raise ComputationError("SIMP: the loads do no work on the design (is every load on a support?)")
     low, high = 0.0, 1e9
-    while (high - low) / (low + high) > 1e-3:
+    while high - low > 1e-3 * (low + high) and high > 1e-40:  # the fullest update may still lack volume
         mid = 0.5 * (low + high)
         xnew = np.maximum(0.0, np.maximum(x - move, np.minimum(1.0, np.minimum(x + move, x * np.sqrt(ratio / mid)))))
         if volume(xnew) > volfrac:
