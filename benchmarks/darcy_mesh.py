@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,8 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     # script's own options as unused PETSc options.
     os.environ.setdefault("PETSC_OPTIONS", "-options_left no")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from pidm_fem.errors import run_command
-    from pidm_fem.experiments.benchmark_cli import parse_benchmark_args
+    from pidm_fem.experiments.benchmark_cli import benchmark_main, parse_benchmark_args
     from pidm_fem.experiments.methods import METHODS
 
     args = parse_benchmark_args(
@@ -36,26 +34,17 @@ def main(argv: list[str] | None = None) -> int:
         quick="`make demo`: the coarse mesh, 350 steps, the paper's methods (under 10 min)",
         full="the paper's scale (10,000 samples, 300,000 steps, U-Net): for a GPU with --device cuda",
         methods=METHODS)
-    return run_command("darcy_mesh", lambda: _run(args), debug=args.debug)
+    return benchmark_main("darcy_mesh", "darcy", args, _execute,
+                          "results.json, results.md, samples.png, residual_maps.png, residual_histogram.png, "
+                          "training_curves.png, fields/*.pvd")
 
 
-def _run(args) -> int:
+def _execute(plan, args, t_start: float) -> str | None:
     import torch
 
     from pidm_fem.experiments.benchmark import run
-    from pidm_fem.experiments.benchmark_cli import prepare_from_args
 
-    t_start = time.perf_counter()
-    plan = prepare_from_args("darcy", args)
-    table = run(plan, train_only=args.train_only, t_start=t_start, set_threads=torch.set_num_threads)
-    if table is None:
-        print(f"trained in {plan.study.out / 'runs'}; run again without --train-only to sample and evaluate")
-        return 0
-    print(table)
-    print(f"\noutputs in {plan.study.out / 'report'}: results.json, results.md, samples.png, residual_maps.png, "
-          f"residual_histogram.png, training_curves.png, fields/*.pvd "
-          f"(wall {time.perf_counter() - t_start:.0f} s)")
-    return 0
+    return run(plan, train_only=args.train_only, t_start=t_start, set_threads=torch.set_num_threads)
 
 
 if __name__ == "__main__":

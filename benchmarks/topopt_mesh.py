@@ -20,40 +20,29 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 
 def main(argv: list[str] | None = None) -> int:
     # Firedrake hands sys.argv to PETSc: do not report this script's own options as unused.
     os.environ.setdefault("PETSC_OPTIONS", "-options_left no")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from pidm_fem.errors import run_command
-    from pidm_fem.experiments.benchmark_cli import parse_benchmark_args
+    from pidm_fem.experiments.benchmark_cli import benchmark_main, parse_benchmark_args
     from pidm_fem.experiments.topology_modes import METHODS
 
     args = parse_benchmark_args(
         argv, "topology", __doc__.splitlines()[0],
-        quick="96 training problems, 400 steps, 16 problems per test set (under 15 min)",
+        quick="the coarse mesh, 96 training problems, 400 steps, 16 problems per test set (under 15 min)",
         full="10,000 training problems, 100,000 steps, width 64: for a GPU with --device cuda",
         methods=METHODS)
-    return run_command("topopt_mesh", lambda: _run(args), debug=args.debug)
+    return benchmark_main("topopt_mesh", "topology", args, _execute, "results.json, results.md, designs.png, "
+                          "fields/*.pvd", workers="jobs")
 
 
-def _run(args) -> int:
+def _execute(plan, args, t_start: float) -> str | None:
     from pidm_fem.experiments import topology_study
-    from pidm_fem.experiments.benchmark_cli import prepare_from_args
     from pidm_fem.experiments.topology_modes import MODES
 
-    t_start = time.perf_counter()
-    plan = prepare_from_args("topology", args, workers="jobs")
-    table = topology_study.run(plan, MODES[args.mode], train_only=args.train_only, t_start=t_start)
-    if table is None:
-        print(f"trained in {plan.study.out / 'runs'}; run again without --train-only to compare")
-        return 0
-    print(table)
-    print(f"\noutputs in {plan.study.out / 'report'}: results.json, results.md, designs.png, fields/*.pvd "
-          f"(wall {time.perf_counter() - t_start:.0f} s)")
-    return 0
+    return topology_study.run(plan, MODES[args.mode], train_only=args.train_only, t_start=t_start)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 
@@ -52,3 +53,24 @@ def prepare_from_args(problem: str, args: argparse.Namespace, workers: int | Non
                    overrides=args.overrides, device=args.device, jobs=jobs, threads=args.threads,
                    workers=jobs if workers == "jobs" else (workers or 1))
 
+
+def benchmark_main(script: str, problem: str, args: argparse.Namespace, execute: Callable, outputs: str,
+                   workers: int | str | None = None) -> int:
+    """Plan, run and report a benchmark: ``execute(plan, args, t_start)`` returns its table (None when only trained).
+
+    ``outputs`` names what the report folder holds; errors are one line prefixed ``script``.
+    """
+    from pidm_fem.errors import run_command
+
+    def body() -> int:
+        t_start = time.perf_counter()
+        plan = prepare_from_args(problem, args, workers)
+        table = execute(plan, args, t_start)
+        if table is None:
+            print(f"trained in {plan.study.out / 'runs'}; run again without --train-only to sample and evaluate")
+            return 0
+        print(table)
+        print(f"\noutputs in {plan.study.out / 'report'}: {outputs} (wall {time.perf_counter() - t_start:.0f} s)")
+        return 0
+
+    return run_command(script, body, debug=args.debug)

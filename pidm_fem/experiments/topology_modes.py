@@ -31,42 +31,25 @@ METHODS = ("ddpm", "pidm_mean")
 _PHYSICS = {"representation": "nodal", "residual_gradient": "all", "residual": "weak",
             "c_residual": 1e-4, "c_eq": 1.0, "lambda_opt": 1e-3}
 
+
+def _mode(mesh: str, data: dict[str, int], training: dict[str, Any], simp_timed: int,
+          model: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "mesh": mesh,
+        "methods": METHODS,
+        "config": {"data": data, "model": {"field_views": False, **(model or {})}, "diffusion": _PHYSICS,
+                   "training": training},
+        "simp_timed": simp_timed,
+        "warm_iterations": 10,
+    }
+
+
 MODES: dict[str, dict[str, Any]] = {
-    "quick": {
-        "mesh": "topology_2x1_coarse.msh",
-        "methods": METHODS,
-        "config": {
-            "data": {"n_train": 96, "n_val": 8, "n_test": 16},
-            "model": {"field_views": False},
-            "diffusion": _PHYSICS,
-            "training": {"steps": 400, "ema_start": 200, "val_every": 200, "checkpoint_every": 100},
-        },
-        "simp_timed": 6,
-        "warm_iterations": 10,
-    },
-    "default": {
-        "mesh": "topology_2x1.msh",
-        "methods": METHODS,
-        "config": {
-            "data": {"n_train": 1000, "n_val": 32, "n_test": 64},
-            "model": {"field_views": False},
-            "diffusion": _PHYSICS,
-            "training": {"steps": 3000},
-        },
-        "simp_timed": 64,
-        "warm_iterations": 10,
-    },
-    "full": {
-        "mesh": "topology_2x1.msh",
-        "methods": METHODS,
-        "config": {
-            "data": {"n_train": 10000, "n_val": 256, "n_test": 256},
-            "model": {"field_views": False, "width": 64},
-            "diffusion": _PHYSICS,
-            "training": {"steps": 100000, "batch_size": 64, "lr": 1e-4, "ema_start": 1000, "val_every": 5000,
-                         "checkpoint_every": 2000, "log_every": 100},
-        },
-        "simp_timed": 256,
-        "warm_iterations": 10,
-    },
+    "quick": _mode("topology_2x1_coarse.msh", {"n_train": 96, "n_val": 8, "n_test": 16},
+                   {"steps": 400, "ema_start": 200, "val_every": 200, "checkpoint_every": 100}, simp_timed=6),
+    "default": _mode("topology_2x1.msh", {"n_train": 1000, "n_val": 32, "n_test": 64}, {"steps": 3000},
+                     simp_timed=64),
+    "full": _mode("topology_2x1.msh", {"n_train": 10000, "n_val": 256, "n_test": 256},
+                  {"steps": 100000, "batch_size": 64, "lr": 1e-4, "ema_start": 1000, "val_every": 5000,
+                   "checkpoint_every": 2000, "log_every": 100}, simp_timed=256, model={"width": 64}),
 }
