@@ -15,7 +15,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,8 @@ class Study:
         Show progress bars.
     source
         What configuration errors name (the run file).
+    options
+        Settings of the problem's samples (``build_problem``'s options).
     """
 
     problem: str
@@ -62,11 +64,12 @@ class Study:
     workers: int = 1
     progress: bool = True
     source: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
 
     def build_problem(self) -> Problem:
         """The problem on the mesh, with the run file's data seed."""
         seed = method_config(self.sections, "ddpm", self.source).data.seed
-        return build_problem(self.problem, self.mesh, seed=seed)
+        return build_problem(self.problem, self.mesh, seed=seed, **self.options)
 
     def experiment(self, problem: Problem, method: str) -> Experiment:
         """The experiment of ``method``'s run in ``out/runs/<method>``."""
