@@ -37,10 +37,11 @@ def _files(folder):
     return sorted(p.name for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
 
 
-def _run_file(tmp_path, **changes):
-    """The tiny run file, with ``section={key: value}`` changes."""
+def _run_file(tmp_path, mesh=COARSE_MESH, name="run.yaml", **changes):
+    """The tiny run file of DDPM on ``mesh``, with ``section={key: value}`` changes."""
     sections = {name: {**keys, **changes.get(name, {})} for name, keys in RUN.items()}
-    path = tmp_path / "run.yaml"
+    sections["run"] = {"problem": "darcy", "mesh": str(mesh), "methods": ["ddpm"]}
+    path = tmp_path / name
     path.write_text(yaml.safe_dump(sections))
     return path
 
@@ -53,34 +54,34 @@ def _run_file(tmp_path, **changes):
 def test_late_checks_fail_before_any_sample_file(tmp_path, capsys, changes, words):
     config = _run_file(tmp_path, **changes)
     out = tmp_path / "study"
-    code = main(["train", str(config), "--method", "ddpm", "--mesh", str(COARSE_MESH), "--out", str(out)])
+    code = main(["train", str(config), "--out", str(out)])
     assert code == 2
     _one_error_line(capsys, *words)
     assert _files(out) == []
 
 
-def test_a_checkpoint_of_another_mesh_fails_before_any_sample_file(tmp_path, capsys):
-    config = _run_file(tmp_path)
+def test_a_run_folder_refuses_another_run_before_any_sample_file(tmp_path, capsys):
     out = tmp_path / "study"
-    common = [str(config), "--method", "ddpm", "--out", str(out)]
-    assert main(["train", *common, "--mesh", str(COARSE_MESH)]) == 0
-    before = _files(out / "data")
+    assert main(["train", str(_run_file(tmp_path)), "--out", str(out)]) == 0
+    before = _files(out)
     capsys.readouterr()
-    assert main(["train", *common, "--mesh", str(OTHER_MESH)]) == 2
-    _one_error_line(capsys, out / "runs" / "ddpm" / "last.pt", "another mesh")
-    assert _files(out / "data") == before  # nothing generated for the other mesh
+    other = _run_file(tmp_path, mesh=OTHER_MESH, name="other.yaml")
+    assert main(["train", str(other), "--out", str(out)]) == 2
+    _one_error_line(capsys, out, "holds another run")
+    assert _files(out) == before  # nothing generated for the other mesh
+    assert main(["train", str(out)]) == 0  # the folder resumes by its path alone
 
 
 def test_bad_counts_are_one_line_usage_errors(tmp_path, capsys):
     for argv in (["data", "darcy", "--mesh", str(OTHER_MESH), "--n", "0", "--out", str(tmp_path / "x.h5")],
-                 ["sample", str(_run_file(tmp_path)), "--n", "0"],
+                 ["sample", str(tmp_path), "--n", "0"],
                  ["data", "darcy", "--mesh", str(OTHER_MESH), "--n", "3", "--out", str(tmp_path / "x.h5"),
                   "--workers", "-1"]):
         with pytest.raises(SystemExit) as info:
             main(argv)
         assert info.value.code == 2
         _one_error_line(capsys, "must be a positive integer")
-    assert _files(tmp_path) == ["run.yaml"]
+    assert _files(tmp_path) == []
 
 
 @pytest.mark.parametrize("option, words", [
@@ -97,40 +98,37 @@ def test_bad_problem_options_are_one_line_errors_before_any_file(tmp_path, capsy
 
 
 def test_sampling_a_diverged_checkpoint_exits_1_and_writes_nothing(tmp_path, capsys):
-    config = _run_file(tmp_path)
     out = tmp_path / "study"
-    common = [str(config), "--method", "ddpm", "--mesh", str(COARSE_MESH), "--out", str(out)]
-    assert main(["train", *common]) == 0
+    assert main(["train", str(_run_file(tmp_path)), "--out", str(out)]) == 0
     last = out / "runs" / "ddpm" / "last.pt"
     checkpoint = load_checkpoint(last)
     shadow = {key: value * 1e30 if value.is_floating_point() else value
               for key, value in checkpoint.ema["shadow"].items()}  # finite weights whose samples overflow
     save_checkpoint(last, dataclasses.replace(checkpoint, ema={**checkpoint.ema, "shadow": shadow}))
-    samples = tmp_path / "samples.npz"
+    samples = tmp_path / "samples"
     capsys.readouterr()
-    assert main(["sample", *common, "--n", "2", "--samples", str(samples)]) == 1
+    assert main(["sample", str(out), "--n", "2", "--out", str(samples)]) == 1
     _one_error_line(capsys, last, "non-finite", "nothing was written")
     assert not samples.exists()
 
 
 def test_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
     missing = tmp_path / "missing.msh"
-    assert main(["mesh-info", str(missing)]) == 2
+    assert main(["mesh", "info", str(missing)]) == 2
     _one_error_line(capsys, missing)
     from pidm_fem.mesh import MeshError
 
     with pytest.raises(MeshError):
-        main(["mesh-info", str(missing), "--debug"])
+        main(["mesh", "info", str(missing), "--debug"])
     monkeypatch.setenv("PIDM_FEM_DEBUG", "1")
     with pytest.raises(MeshError):
-        main(["mesh-info", str(missing)])
+        main(["mesh", "info", str(missing)])
 
 
 def test_sigint_during_training_saves_the_step_and_says_how_to_resume(tmp_path):
-    config = _run_file(tmp_path, training={"steps": 100000, "checkpoint_every": 1000, "log_every": 1})
+    config = _run_file(tmp_path, mesh=OTHER_MESH, training={"steps": 100000, "checkpoint_every": 1000, "log_every": 1})
     out = tmp_path / "study"
-    proc = subprocess.Popen([sys.executable, "-m", "pidm_fem.cli", "train", str(config), "--method", "ddpm",
-                             "--mesh", str(OTHER_MESH), "--out", str(out)],
+    proc = subprocess.Popen([sys.executable, "-m", "pidm_fem.cli", "train", str(config), "--out", str(out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     log = out / "runs" / "ddpm" / "log.jsonl"
     deadline = time.monotonic() + 240

@@ -460,34 +460,6 @@ def _assert_identical(a, b, where):
         assert a == b, where
 
 
-def test_cli_trains_and_samples(tmp_path):
-    import subprocess
-    import sys
-
-    config = tmp_path / "run.yaml"
-    config.write_text(
-        "data: {n_train: 4, n_val: 2, n_test: 2}\nmodel: {kind: mesh, width: 8}\ndiffusion: {T: 10}\n"
-        "training: {steps: 2, batch_size: 2, checkpoint_every: 2}\nsampling: {sampler: ddim, ddim_steps: 2}\n"
-    )
-    common = [str(config), "--method", "pidm_mean", "--mesh", str(COARSE_MESH), "--out", str(tmp_path / "study")]
-    cli = [sys.executable, "-m", "pidm_fem.cli"]
-    train = subprocess.run(cli + ["train"] + common, capture_output=True, text=True, timeout=300)
-    assert train.returncode == 0, train.stderr
-    assert (tmp_path / "study" / "runs" / "pidm_mean" / "last.pt").is_file()
-    out = tmp_path / "samples.npz"
-    sample = subprocess.run(cli + ["sample"] + common + ["--n", "3", "--samples", str(out)],
-                            capture_output=True, text=True, timeout=300)
-    assert sample.returncode == 0, sample.stderr
-    saved = np.load(out)
-    assert saved["rows"].shape[0] == 3 and saved["residual"].shape == (3, saved["rows"].shape[1] // 2)
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("training: {lr: -1}\n")
-    failed = subprocess.run(cli + ["train", str(bad)], capture_output=True, text=True, timeout=300)
-    assert failed.returncode == 2 and failed.stderr.strip().splitlines() == [
-        f"pidm-fem: error: {bad}: training.lr: must be > 0, got -1.0"
-    ], failed.stderr
-
-
 #: trajectory states and state misfit of the tiny expert runs
 TINY_TRAJECTORY = {"trajectory_every": 1, "trajectory_steps": 2, "trajectory_t_fraction": 0.5, "c_state": 1.0}
 

@@ -140,7 +140,7 @@ def test_each_mesh_fault_is_one_line_naming_the_file(tmp_path, capsys, kind):
     assert words in _single_line(info.value, path)
     before = sorted(tmp_path.iterdir())
     capsys.readouterr()
-    assert main(["mesh-info", str(path)]) == 2
+    assert main(["mesh", "info", str(path)]) == 2
     out = capsys.readouterr()
     lines = [line for line in out.err.splitlines() if line.strip()]
     assert len(lines) == 1 and words in lines[0] and str(path) in lines[0], out.err
@@ -170,7 +170,7 @@ def test_quadrilateral_mesh_loads_and_mesh_info_reports_quality(tmp_path, capsys
     mesh = load_mesh(path)
     assert mesh.ufl_cell().cellname == "quadrilateral" and mesh.num_cells() == 9
     assert abs(fd.assemble(fd.Constant(1.0) * fd.dx(domain=mesh)) - 1.0) < 1e-12
-    assert main(["mesh-info", str(path)]) == 0
+    assert main(["mesh", "info", str(path)]) == 0
     out = capsys.readouterr().out
     assert "9 quadrilaterals" in out and "minimum angle 90 degrees, largest aspect ratio 1" in out
 
@@ -201,7 +201,7 @@ def test_too_few_nodes_for_the_kl_modes_is_a_mesh_error(tmp_path):
 
 def test_cli_reports_bad_mesh_in_one_line(tmp_path):
     path = tmp_path / "missing.vtu"
-    proc = subprocess.run([sys.executable, "-m", "pidm_fem.cli", "mesh-info", str(path)],
+    proc = subprocess.run([sys.executable, "-m", "pidm_fem.cli", "mesh", "info", str(path)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]

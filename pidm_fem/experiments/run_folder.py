@@ -37,7 +37,7 @@ from pidm_fem.atomic_files import atomic_path
 from pidm_fem.config_files import ConfigError, read_yaml_file
 from pidm_fem.errors import InputError
 from pidm_fem.experiments.comparison import Study, check_study
-from pidm_fem.experiments.methods import METHODS, check_methods, method_config
+from pidm_fem.experiments.methods import check_methods
 from pidm_fem.physics.problem import Problem
 from pidm_fem.physics.problems import is_problem_file, resolve_spec
 
@@ -172,17 +172,18 @@ class RunFolder:
         check_study(study, problem, list(self.spec.methods))
         return study, problem
 
-    def experiment(self, study: Study, problem: Problem, method: str):
-        """The experiment of one of the run's methods."""
-        if method not in self.spec.methods:
-            raise RunFolderError(f"{self.path}: no method {method!r} in this run (methods: "
-                                 f"{', '.join(self.spec.methods)})")
-        return study.experiment(problem, method)
+    def save(self) -> None:
+        """Write the folder's ``run.yaml`` (atomically)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path / RUN_FILE) as tmp:
+            tmp.write_text(yaml.safe_dump(self.spec.as_dict(), sort_keys=False))
 
 
 def start_run(run_file: str | os.PathLike, out: str | os.PathLike,
               overrides: Mapping[str, Any] | None = None) -> RunFolder:
-    """The run folder ``out`` of a run file: made with its ``run.yaml``, or an existing one of the same run.
+    """The run folder ``out`` of a run file: a new one, or an existing one of the same run.
+
+    Nothing is written: :meth:`RunFolder.save` writes ``run.yaml`` once the run is checked.
 
     Raises
     ------
@@ -199,16 +200,7 @@ def start_run(run_file: str | os.PathLike, out: str | os.PathLike,
                                  "choose another --out or resume it with pidm-fem train " + str(out))
         spec = RunSpec(spec.problem, spec.mesh, tuple(dict.fromkeys(held.methods + spec.methods)), spec.options,
                        spec.sections)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / RUN_FILE) as tmp:
-        tmp.write_text(yaml.safe_dump(spec.as_dict(), sort_keys=False))
     return RunFolder(out, spec)
-
-
-def trained_steps(folder: RunFolder) -> dict[str, int]:
-    """``{method: steps}`` the run file asks of each of the run's trained methods."""
-    return {m: method_config(folder.spec.sections, m).training.steps for m in folder.spec.methods
-            if METHODS[m].trained}
 
 
 def methods_or_all(folder: RunFolder, methods: Sequence[str] | None) -> list[str]:

@@ -130,8 +130,7 @@ class FormProblem(Problem):
 
     @property
     def fingerprint(self) -> str:
-        spaces = "-".join(f"{name}:{''.join(str(part) for part in declaration)}"
-                          for name, declaration in self.fields.items())
+        spaces = "-".join(name + "".join(str(part) for part in declaration) for name, declaration in self.fields.items())
         return f"{mesh_fingerprint(self.mesh)}-{spaces}"
 
     def settings(self) -> dict[str, Any]:
@@ -224,6 +223,27 @@ class FormProblem(Problem):
                 continue
             out[i] = np.concatenate([np.ravel(state[name]) for name in self.state_fields])
         return out
+
+    def torch_state_misfit(self) -> RowFunction:
+        """``m = sqrt(w) (u - S(c)) / ||S(c)||_w`` per row, the state fields' lumped mass ``w``.
+
+        S(c) is the state solved for the row's own coefficients (a constant); a row whose
+        solve fails has a zero misfit.
+        """
+        blocks = [self.layout.block(name) for name in self.state_fields]
+        weights = torch.from_numpy(np.concatenate([lumped_mass(self.spaces[name]) for name in self.state_fields]))
+
+        def misfit(rows: torch.Tensor) -> torch.Tensor:
+            state = torch.cat([rows[:, block] for block in blocks], dim=1)
+            w = weights.to(dtype=state.dtype, device=state.device)
+            solved = torch.from_numpy(self.solve_state(rows.detach().cpu().double().numpy()))
+            solved = solved.to(dtype=state.dtype, device=state.device)
+            valid = torch.isfinite(solved).all(dim=1, keepdim=True)
+            solved = torch.where(valid, solved, torch.zeros_like(solved))
+            norm = (w * solved.pow(2)).sum(dim=1, keepdim=True).sqrt().clamp(min=torch.finfo(state.dtype).tiny)
+            return torch.where(valid, w.sqrt() * (state - solved) / norm, torch.zeros_like(state))
+
+        return misfit
 
     def weights(self) -> np.ndarray:
         """The lumped mass of the first field's nodes (every field sits at those nodes)."""

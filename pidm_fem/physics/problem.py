@@ -147,7 +147,8 @@ class Problem(ABC):
         may offer others (Darcy: ``"elliptic"``).
         """
         if representation != "nodal":
-            raise ValueError(f"the {self.name} problem has no {representation!r} representation")
+            raise ValueError(f"the {self.name} problem has no {representation!r} representation "
+                             "(set diffusion.representation: nodal)")
         return {}
 
     @abstractmethod
