@@ -16,16 +16,12 @@ def data(args: argparse.Namespace) -> int:
     """Generate (or resume) a sample file of a problem on a mesh."""
     from pidm_fem.errors import InputError
     from pidm_fem.experiments.experiment import problem_rows
-    from pidm_fem.physics.problems import build_problem
+    from pidm_fem.physics.problems import ProblemOptionError, build_problem
 
     options = dict(problem_option(text) for text in args.option)
     try:
         problem = build_problem(args.problem, str(args.mesh), seed=args.seed, **options)
-    except TypeError as err:
-        raise InputError(f"--option: the {args.problem} problem has no such setting ({err})") from None
-    except ValueError as err:
-        if isinstance(err, InputError):
-            raise
+    except ProblemOptionError as err:
         raise InputError(f"--option: {err}") from None
     rows = problem_rows(problem, args.out, args.n, args.workers)
     print(f"{len(rows)} {args.problem} samples on {args.mesh} (seed {args.seed}) -> {args.out}")

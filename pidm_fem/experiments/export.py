@@ -27,11 +27,11 @@ PNG_ROWS = 4
 
 
 def vertex_function(mesh, values: np.ndarray, name: str):
-    """A P1 Function (scalar, or vector for (n, k) values) holding ``values`` at the mesh's vertices."""
+    """A P1 Function (scalar for (n,) or (n, 1) values, vector for (n, k)) holding ``values`` at the vertices."""
     import firedrake as fd
 
     values = np.asarray(values)
-    if values.ndim == 1:
+    if values.ndim == 1 or values.shape[1] == 1:
         space = fd.FunctionSpace(mesh, "CG", 1)
     else:
         space = fd.VectorFunctionSpace(mesh, "CG", 1, dim=values.shape[1])

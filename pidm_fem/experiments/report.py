@@ -13,6 +13,7 @@ from pidm_fem.atomic_files import atomic_directory, write_json
 from pidm_fem.evaluation import evaluate_methods, markdown_table
 from pidm_fem.experiments.comparison import SampledRun
 from pidm_fem.experiments.experiment import Experiment
+from pidm_fem.experiments.export import vertex_function
 
 #: samples of each source in the samples figure
 FIGURE_SAMPLES = 2
@@ -51,18 +52,8 @@ def evaluate_runs(experiment: Experiment, runs: Mapping[str, SampledRun]) -> tup
 
 
 def _residual_function(experiment: Experiment, values: np.ndarray, name: str):
-    """A Function on the first field's nodes holding one sample's nodal residual ``values``."""
-    import firedrake as fd
-
-    mesh = experiment.problem.layout.mesh
-    components = len(values) // experiment.fields.n_nodes
-    if components == 1:
-        space = fd.FunctionSpace(mesh, "CG", 1)
-    else:
-        space = fd.VectorFunctionSpace(mesh, "CG", 1, dim=components)
-    function = fd.Function(space, name=name)
-    function.dat.data[:] = values.reshape(function.dat.data.shape)
-    return function
+    """A Function on the first field's nodes holding one sample's nodal residual ``values`` (node-major)."""
+    return vertex_function(experiment.problem.layout.mesh, values.reshape(experiment.fields.n_nodes, -1), name)
 
 
 def write_fields(experiment: Experiment, runs: Mapping[str, SampledRun], residuals: Mapping, folder: Path) -> None:

@@ -39,7 +39,7 @@ from pidm_fem.errors import InputError
 from pidm_fem.experiments.comparison import Study, check_study
 from pidm_fem.experiments.methods import check_methods
 from pidm_fem.physics.problem import Problem
-from pidm_fem.physics.problems import is_problem_file, resolve_spec
+from pidm_fem.physics.problems import ProblemOptionError, is_problem_file, resolve_spec
 
 #: the resolved run file inside a run folder
 RUN_FILE = "run.yaml"
@@ -163,12 +163,12 @@ class RunFolder:
         study = self.study(workers, progress)
         try:
             problem = study.build_problem()
-        except TypeError as err:
+        except ProblemOptionError as err:
             raise RunFolderError(f"{self.path / RUN_FILE}: run.options: {err}") from None
-        except ValueError as err:
-            if isinstance(err, InputError):
-                raise
-            raise RunFolderError(f"{self.path / RUN_FILE}: {err}") from None
+        except InputError:
+            raise
+        except ValueError as err:  # an unknown problem name
+            raise RunFolderError(f"{self.path / RUN_FILE}: run.problem: {err}") from None
         check_study(study, problem, list(self.spec.methods))
         return study, problem
 

@@ -44,30 +44,29 @@ def sample_methods(folder: RunFolder, methods: Sequence[str], n: int, out: str |
     study, problem = folder.build()
     out = Path(out)
     made: dict[str, tuple[np.ndarray, float]] = {}
-    written = {}
-    for method in methods:
-        record = METHODS[method]
-        if record.trained:
-            experiment = study.experiment(problem, method)
+
+    def draw(method: str, experiment) -> tuple[np.ndarray, float]:
+        """Samples of a trained method and the seconds per sample (drawn once per method)."""
+        if method not in made:
             t0 = time.perf_counter()
             rows = experiment.sample(None if problem.conditions else n, seed=seed,
                                      conditions=_conditions(experiment, n))
             made[method] = rows, (time.perf_counter() - t0) / n
-        else:
-            source = record.needs[0]
-            if source not in made:
-                experiment = study.experiment(problem, source)
-                made[source] = experiment.sample(None if problem.conditions else n, seed=seed,
-                                                 conditions=_conditions(experiment, n)), float("nan")
-            experiment = study.experiment(problem, source)
+        return made[method]
+
+    written = {}
+    for method in methods:
+        record = METHODS[method]
+        trained = method if record.trained else record.needs[0]
+        experiment = study.experiment(problem, trained)
+        rows, seconds = draw(trained, experiment)
+        if not record.trained:  # the physics-exact reference: the state solved for the model's coefficients
             t0 = time.perf_counter()
-            rows = experiment.with_solved_state(made[source][0])
-            made[method] = rows, made[source][1] + (time.perf_counter() - t0) / n
-        rows, seconds = made[method]
+            rows = experiment.with_solved_state(rows)
+            seconds += (time.perf_counter() - t0) / n
         with torch.no_grad():  # the physics is evaluated in float64, as the evaluation does
             residual = experiment.strong_residual(
                 experiment.fields.to_nodes(torch.as_tensor(rows, dtype=torch.float64))).numpy()
-        trained = method if record.trained else record.needs[0]
         path = out / f"{method}.npz"
         with atomic_path(path) as tmp:
             np.savez(tmp, rows=rows, residual=residual, dof_coordinates=problem.layout.dof_coordinates(),

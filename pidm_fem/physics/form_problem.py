@@ -95,9 +95,12 @@ class FormProblem(Problem):
         #: the residual's test space: that of the first state field
         self.test_space = self.spaces[self.state_fields[0]]
         self._mass = lumped_mass(self.test_space)
+        first = self.spaces[self.layout.names[0]]
+        self._weights = lumped_mass(first)[::max(1, int(np.prod(first.value_shape, dtype=int)))]
         self._constrained, self._boundary_values = self._dirichlet_values()
         self._residuals: dict[str, RowFunction] = {}
         self._weak: TorchFEM | None = None
+        self._functionals: dict[str, RowFunction] | None = None
         self.setup()
 
     @classmethod
@@ -197,12 +200,13 @@ class FormProblem(Problem):
         return self._weak
 
     def functionals(self) -> dict[str, RowFunction]:
-        out = {}
-        for kind, build in self.functional_forms().items():
-            operator = BatchedFormOperator(self.layout, lambda fields, data, v, build=build: build(fields),
-                                           chunk=CHUNK)
-            out[kind] = TorchFEM(operator)
-        return out
+        """The :meth:`functional_forms` through the bridge, compiled once."""
+        if self._functionals is None:
+            self._functionals = {
+                kind: TorchFEM(BatchedFormOperator(self.layout, lambda fields, data, v, build=build: build(fields),
+                                                   chunk=CHUNK))
+                for kind, build in self.functional_forms().items()}
+        return dict(self._functionals)
 
     def has_state_solve(self) -> bool:
         return True
@@ -247,8 +251,7 @@ class FormProblem(Problem):
 
     def weights(self) -> np.ndarray:
         """The lumped mass of the first field's nodes (every field sits at those nodes)."""
-        first = self.spaces[self.layout.names[0]]
-        return lumped_mass(first)[::max(1, int(np.prod(first.value_shape, dtype=int)))].copy()
+        return self._weights.copy()
 
     def _dirichlet_values(self) -> tuple[np.ndarray, np.ndarray]:
         """The constrained entries of the state block (DOF order) and their values."""

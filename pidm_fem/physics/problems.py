@@ -28,6 +28,10 @@ class ProblemFileError(InputError):
     """A problem file that cannot be used; the message names the file and the fault."""
 
 
+class ProblemOptionError(InputError):
+    """A setting a problem does not have, or a value it refuses."""
+
+
 def is_problem_file(spec: str) -> bool:
     """Whether ``spec`` names a user's problem file (``path.py:NAME``) rather than a registered problem."""
     path, sep, _ = str(spec).rpartition(":")
@@ -76,11 +80,23 @@ def build_problem(spec: str, mesh: str, seed: int = 0, **options: Any) -> Proble
         If no problem of that name is registered.
     ProblemFileError
         If a problem file does not exist, does not load or lacks the class.
+    ProblemOptionError
+        For a setting the problem does not have or a value it refuses.
     """
     if is_problem_file(spec):
-        problem = _problem_class(spec)(mesh, seed, **options)
-        problem.spec = resolve_spec(spec)
-        return problem
-    if spec not in PROBLEMS:
+        factory = _problem_class(spec)
+    elif spec in PROBLEMS:
+        factory = PROBLEMS[spec]
+    else:
         raise ValueError(f"unknown problem {spec!r}; registered problems: {', '.join(PROBLEMS)}, or path/to/file.py:NAME")
-    return PROBLEMS[spec](mesh, seed, **options)
+    try:
+        problem = factory(mesh, seed, **options)
+    except TypeError as err:
+        raise ProblemOptionError(f"the {Path(spec).name} problem has no such setting ({err})") from None
+    except ValueError as err:
+        if isinstance(err, InputError):
+            raise
+        raise ProblemOptionError(str(err)) from None
+    if is_problem_file(spec):
+        problem.spec = resolve_spec(spec)
+    return problem
