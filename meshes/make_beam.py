@@ -7,6 +7,8 @@ Unstructured triangulations (gmsh, frontal-Delaunay, target size ``h``) of a rec
     beam_with_hole.msh     a 60 x 20 beam with a hole of radius 4 at (30, 10), h = 1
     topology_2x1.msh       the topology case study's 2 x 1 rectangle, h = 0.04
     topology_2x1_coarse.msh  the same rectangle at h = 0.07 (its quick mode)
+    square_with_hole.msh   the unit square with a hole of radius 0.2 at its centre, h = 0.025
+                           (the default Darcy mesh's size: a domain its models were not trained on)
 
 Boundary edges carry gmsh physical groups with Firedrake's RectangleMesh numbering:
 1 left (x = 0), 2 right (x = L), 3 bottom (y = 0), 4 top (y = H), and 5 the hole; the
@@ -31,6 +33,7 @@ BEAMS = {
     "beam_with_hole.msh": (60.0, 20.0, 1.0, (30.0, 10.0, 4.0)),
     "topology_2x1.msh": (2.0, 1.0, 0.04, None),
     "topology_2x1_coarse.msh": (2.0, 1.0, 0.07, None),
+    "square_with_hole.msh": (1.0, 1.0, 0.025, (0.5, 0.5, 0.2)),
 }
 
 

@@ -2,11 +2,12 @@
 
 Makes an unstructured triangulation of [0, 1]^2 with gmsh (frontal-Delaunay,
 target size ``--h``) and two uniform refinements of it, so that the three
-files form a nested family with mesh sizes h, h/2, h/4:
+files form a nested family with mesh sizes h, h/2, h/4, and a third refinement (h/8):
 
     unit_square_r0.msh   coarse, the base triangulation
     unit_square_r1.msh   one uniform refinement
     unit_square.msh      two uniform refinements: the embedded default mesh
+    unit_square_r3.msh   three uniform refinements (models of the default mesh sampled finer)
 
 Boundary edges carry gmsh physical groups with Firedrake's UnitSquareMesh
 numbering: 1 left (x = 0), 2 right (x = 1), 3 bottom (y = 0), 4 top (y = 1);
@@ -27,7 +28,7 @@ SURFACE_ID = 10
 
 
 def build(h: float, out: Path) -> list[Path]:
-    """Mesh the unit square at size ``h`` and write it with two refinements."""
+    """Mesh the unit square at size ``h`` and write it with three refinements."""
     gmsh.initialize()
     try:
         gmsh.option.setNumber("General.Terminal", 0)
@@ -49,7 +50,7 @@ def build(h: float, out: Path) -> list[Path]:
         gmsh.model.addPhysicalGroup(2, [surface], SURFACE_ID, name="domain")
         gmsh.model.mesh.generate(2)
         written = []
-        for name in ("unit_square_r0.msh", "unit_square_r1.msh", "unit_square.msh"):
+        for name in ("unit_square_r0.msh", "unit_square_r1.msh", "unit_square.msh", "unit_square_r3.msh"):
             if written:
                 gmsh.model.mesh.refine()
             path = out / name

@@ -136,3 +136,33 @@ def test_bad_run_files_are_one_line_errors(tmp_path):
     missing.write_text("training: {steps: 2}\n")
     assert main(["train", str(missing)]) == 2
     assert main(["sample", str(tmp_path / "nowhere")]) == 2
+
+
+def test_a_mesh_denoiser_samples_on_another_mesh_and_a_raster_model_is_refused(tmp_path, capsys):
+    coarse, finer = unit_square_family()[:2]
+    methods = ["ddpm", "ddpm_k_fem_p"]
+    folder = tmp_path / "run"
+    assert main(["train", str(_run_file(tmp_path, "darcy", coarse, methods)), "--out", str(folder)]) == 0
+    assert main(["sample", str(folder), "--n", "3", "--mesh", str(finer), "--option", "source=paper"]) == 0
+    assert main(["evaluate", str(folder), "--mesh", str(finer), "--option", "source=paper"]) == 0
+    there = folder / "meshes" / finer.stem
+    finer_problem = build_problem("darcy", str(finer), seed=0, source="paper")
+    saved = np.load(there / "samples" / "ddpm.npz")
+    assert str(saved["fingerprint"]) == finer_problem.fingerprint
+    assert saved["rows"].shape == (3, finer_problem.layout.total)
+    import json
+
+    results = json.loads((there / "report" / "results.json").read_text())
+    assert results["run"]["mesh"] == str(finer)
+    assert results["methods"]["ddpm_k_fem_p"]["residual"]["mean"] < 1e-8  # p solved on the finer mesh
+    assert not (there / "runs").exists()  # nothing is trained there
+    capsys.readouterr()
+    assert main(["sample", str(folder), "--option", "source=paper"]) == 2  # options belong to another mesh
+    raster = tmp_path / "raster"
+    run_file = _run_file(tmp_path, "darcy", coarse, ["ddpm"], model={"kind": "unet", "width": 8})
+    assert main(["train", str(run_file), "--out", str(raster)]) == 0
+    capsys.readouterr()
+    assert main(["sample", str(raster), "--n", "2", "--mesh", str(finer)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "mesh-bound model" in error[0], error
+    assert not (raster / "meshes" / finer.stem / "samples").exists()

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -17,6 +18,9 @@ from pidm_fem.errors import ComputationError
 from pidm_fem.stop_signals import die_with_parent
 
 from .store import RowTest, SampleFile, partial_path
+
+if TYPE_CHECKING:
+    from mpi4py import MPI
 
 #: makes a sample generator: ``make()(index) -> row``; must be picklable (spawned workers call it)
 GeneratorFactory = Callable[[], Callable[[int], np.ndarray]]
@@ -47,13 +51,15 @@ def generate_samples(
     flush_every: int = 32,
     progress: bool = True,
     reject: RowTest | None = None,
+    comm: "MPI.Comm | None" = None,
 ) -> Path:
     """Generate the missing rows of a sample file; return the complete file's path.
 
     Each row depends only on its index and the settings (the generator seeds
     itself from both), so the file is the same, byte for byte, for any number of
-    workers and any interruption. An interrupted run leaves ``<path>.partial``,
-    which the next call with the same fingerprint and settings completes.
+    workers or MPI ranks and any interruption. An interrupted run leaves
+    ``<path>.partial``, which the next call with the same fingerprint and settings
+    completes.
 
     Parameters
     ----------
@@ -73,6 +79,10 @@ def generate_samples(
         Show a progress bar.
     reject
         The problem's test of inadmissible rows; a generated row it refuses stops generation.
+    comm
+        MPI communicator whose ranks share the rows (every rank calls this function with
+        its own ``make``, solving on its own communicator; rank 0 alone writes the
+        file); None for one process. With several ranks ``workers`` must be 1.
 
     Raises
     ------
@@ -82,6 +92,11 @@ def generate_samples(
         If a worker process dies (the rows finished before are kept).
     """
     path = Path(path)
+    if comm is not None and comm.size > 1:
+        if workers > 1:
+            raise ValueError(f"{path}: {comm.size} MPI ranks generate the samples; give workers=1")
+        return _over_ranks(path, n_samples, make, fingerprint, settings, fields, flush_every, progress, reject,
+                           comm)
     if path.is_file():  # complete by construction (renamed only once written); a journal left is stale
         partial_path(path).unlink(missing_ok=True)
         return path
@@ -104,6 +119,75 @@ def generate_samples(
         bar.close()
         final = store.finish()
     return final
+
+
+def _over_ranks(path: Path, n_samples: int, make: GeneratorFactory, fingerprint: str, settings: Mapping,
+                fields: Mapping[str, np.ndarray], flush_every: int, progress: bool, reject: RowTest | None,
+                comm: "MPI.Comm") -> Path:
+    """:func:`generate_samples` over the ranks of ``comm``: rank r solves the missing rows r, r + size, ...
+
+    Rank 0 opens (or resumes) the journal and tells every rank the missing rows; in each
+    round every rank solves one row and rank 0 gathers and journals them. A rank whose
+    row fails sends the error instead: rank 0 keeps the round's good rows, every rank
+    stops, and rank 0 raises it (the others raise a ComputationError that points to it).
+    """
+    store = None
+    opened: BaseException | None = None
+    if comm.rank == 0:
+        try:
+            if path.is_file():
+                partial_path(path).unlink(missing_ok=True)
+            else:
+                store = SampleFile.open_for_writing(path, n_samples, fingerprint, settings, fields, reject)
+        except BaseException as err:  # every rank must hear of it, or they wait for rank 0 forever
+            opened = err
+    opened = comm.bcast(opened, root=0)
+    if opened is not None:
+        if comm.rank == 0:
+            raise opened
+        raise ComputationError(f"{path}: rank 0 could not open the sample file (its error is above)")
+    missing = comm.bcast(None if store is None else store.missing, root=0)
+    if missing is None:  # the file is complete
+        comm.barrier()
+        return path
+    generator = make()
+    bar = tqdm(total=n_samples, initial=n_samples - len(missing), desc=f"samples {path.name} ({comm.size} ranks)",
+               unit="sample", disable=not progress or comm.rank != 0)
+    failure: BaseException | None = None
+    try:
+        for start in range(0, len(missing), comm.size):
+            mine = start + comm.rank
+            result: tuple[int, np.ndarray] | BaseException | None = None
+            if mine < len(missing):
+                try:
+                    result = int(missing[mine]), generator(int(missing[mine]))
+                except Exception as err:  # noqa: BLE001  sent to rank 0, which raises it
+                    result = err
+            results = comm.gather(result, root=0)
+            if comm.rank == 0:
+                for item in results:
+                    if isinstance(item, BaseException):
+                        failure = failure or item
+                    elif item is not None:
+                        try:
+                            store.write(*item)
+                        except Exception as err:  # noqa: BLE001  an inadmissible row
+                            failure = failure or err
+                        bar.update(1)
+                if (start // comm.size + 1) % max(1, flush_every // comm.size) == 0:
+                    store.flush()
+            if comm.bcast(failure is not None, root=0):
+                break
+    finally:
+        bar.close()
+        final = store.finish() if comm.rank == 0 else None
+    complete = comm.bcast(final == path if comm.rank == 0 else None, root=0)
+    if failure is not None:
+        raise failure
+    if not complete:
+        raise ComputationError(f"{partial_path(path)}: generation stopped on rank 0 (its error is above); the rows "
+                               "finished are kept, run again to resume")
+    return path
 
 
 def _in_processes(make: GeneratorFactory, indices: np.ndarray, workers: int) -> Iterator[tuple[int, np.ndarray]]:

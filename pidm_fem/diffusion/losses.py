@@ -239,6 +239,7 @@ class PIDMLoss:
         scalars: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
         t: torch.Tensor | None = None,
+        part: slice | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss of ``model`` on a batch of clean physical samples.
 
@@ -255,6 +256,10 @@ class PIDMLoss:
             Source of t, the noise and the condition dropout; the global RNG when None.
         t
             Fixed timesteps (B,) instead of random ones (validation at chosen noise levels).
+        part
+            The rows this process computes in data-parallel training: t, the noise, the
+            dropout and the trajectory states are drawn for the whole batch, and the loss is
+            the mean over these rows (the processes' mean over equal parts is the batch's).
 
         Returns
         -------
@@ -280,6 +285,11 @@ class PIDMLoss:
         keep = None
         if self.conditioning is not None:
             keep = self.conditioning.draw_keep(batch, x0.device, generator)
+        whole = batch
+        if part is not None:
+            x0, x0_norm, t, x_t = x0[part], x0_norm[part], t[part], x_t[part]
+            cond, scalars, keep = (None if v is None else v[part] for v in (cond, scalars, keep))
+            batch = x0.shape[0]
 
         def denoise(x: torch.Tensor, time: torch.Tensor) -> torch.Tensor:
             c = cond if self.conditioning is None else self.conditioning.condition(x, cond, keep)
@@ -301,10 +311,12 @@ class PIDMLoss:
         if terms and self.trajectory is not None and model.training:
             if cond is not None or scalars is not None:
                 raise ValueError("trajectory states need a problem without condition fields or scalars")
-            shape = (batch, *x0_norm.shape[1:])
+            shape = (whole, *x0_norm.shape[1:])
             states, times = self.trajectory.next(
                 denoise, shape, dtype=x0_norm.dtype, device=x0_norm.device, generator=generator
             )
+            if part is not None:
+                states, times = states[part], times[part]
             self._add_physics(values, terms, denoise(states, times), times, None)
 
         total = sum(values.values())

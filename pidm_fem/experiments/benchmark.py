@@ -18,6 +18,7 @@ from pidm_fem.experiments import darcy_modes, topology_modes
 from pidm_fem.experiments.comparison import Study, check_study, train_all, train_and_sample, train_in_parallel
 from pidm_fem.experiments.methods import check_methods, method_config
 from pidm_fem.experiments.report import evaluate_runs, write_report
+from pidm_fem.experiments.run_folder import RunFolder, RunSpec
 from pidm_fem.errors import InputError
 from pidm_fem.mesh.builtin import MESH_DIR
 from pidm_fem.physics.problem import Problem
@@ -118,6 +119,9 @@ def run(plan: Plan, *, train_only: bool = False, t_start: float | None = None,
 
     t_start = time.perf_counter() if t_start is None else t_start
     study, problem = plan.study, plan.problem
+    # the output folder is a run folder: pidm-fem sample/evaluate/export take its path
+    RunFolder(study.out, RunSpec(study.problem, os.path.abspath(study.mesh), tuple(plan.methods),
+                                 dict(study.options), study.sections)).save()
     train_in_parallel(study, problem, plan.methods, plan.jobs)
     (set_threads or torch.set_num_threads)(plan.threads)  # after the side-by-side processes (one thread each)
     if train_only:

@@ -55,6 +55,9 @@ class Study:
         What configuration errors name (the run file).
     options
         Settings of the problem's samples (``build_problem``'s options).
+    trained_on_other_mesh
+        The folder of ``<method>/`` checkpoints trained on another mesh, which this study
+        samples on its own (None: the study's own ``out/runs``).
     """
 
     problem: str
@@ -65,6 +68,12 @@ class Study:
     progress: bool = True
     source: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    trained_on_other_mesh: Path | None = None
+
+    @property
+    def runs(self) -> Path:
+        """The folder of the methods' ``<method>/`` checkpoints and logs."""
+        return self.out / "runs" if self.trained_on_other_mesh is None else self.trained_on_other_mesh
 
     def build_problem(self) -> Problem:
         """The problem on the mesh, with the run file's data seed."""
@@ -72,9 +81,10 @@ class Study:
         return build_problem(self.problem, self.mesh, seed=seed, **self.options)
 
     def experiment(self, problem: Problem, method: str) -> Experiment:
-        """The experiment of ``method``'s run in ``out/runs/<method>``."""
+        """The experiment of ``method``'s run in ``runs/<method>``."""
         return Experiment(problem, method_config(self.sections, method, self.source), data_dir=self.out / "data",
-                          run_dir=self.out / "runs" / method, workers=self.workers, progress=self.progress)
+                          run_dir=self.runs / method, workers=self.workers, progress=self.progress,
+                          other_mesh=self.trained_on_other_mesh is not None)
 
 
 def check_study(study: Study, problem: Problem, methods: list[str]) -> None:
@@ -164,7 +174,7 @@ def train_in_parallel(study: Study, problem: Problem, methods: list[str], jobs: 
     A failure in any process is raised here; stopping this process stops them all.
     """
     unfinished = [m for m in trained_methods(methods)
-                  if not _finished(study.out / "runs" / m / LAST, method_config(study.sections, m).training.steps)]
+                  if not _finished(study.runs / m / LAST, method_config(study.sections, m).training.steps)]
     groups = balanced_groups(unfinished, jobs)
     if len(groups) < 2:
         return

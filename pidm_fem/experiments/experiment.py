@@ -40,6 +40,7 @@ from torch import nn
 
 from pidm_fem.data import generate_samples, load_samples
 from pidm_fem.errors import ComputationError, InputError
+from pidm_fem.parallel import data_comm, world
 from pidm_fem.diffusion import (
     ChannelExperts,
     CoCoGenCorrector,
@@ -73,6 +74,7 @@ from pidm_fem.training import (
 )
 from pidm_fem.training.checkpoint import LAST
 from pidm_fem.training.config import DiffusionConfig
+from pidm_fem.training.distributed import DataParallel, data_parallel, wait_for_file
 from pidm_fem.training.trainer import check_resumable
 
 #: dtype of the network and of the tensors it sees (the physics computes in float64)
@@ -202,12 +204,19 @@ def data_file(folder: str | os.PathLike, problem: Problem, n_rows: int) -> Path:
 
 
 def problem_rows(problem: Problem, path: Path, n_rows: int, workers: int = 1, progress: bool = True) -> np.ndarray:
-    """The ``n_rows`` samples of ``problem`` in the file ``path``, generating (or completing) it first."""
+    """The ``n_rows`` samples of ``problem`` in the file ``path``, generating (or completing) it first.
+
+    Under an MPI launcher the ranks share the rows (each solves on its own communicator)
+    and rank 0 writes the file; under torchrun rank 0 makes it and the others wait for it.
+    """
     layout = problem.layout
+    rank, size = world()
+    if size > 1 and data_comm() is None and rank > 0:  # torchrun's processes: rank 0 makes the file
+        wait_for_file(path)
     make = problem.generator_factory() if workers > 1 else lambda: problem.sample
     path = generate_samples(path, n_rows, make, problem.fingerprint, problem.settings(),
                             {name: layout.dof_coordinates(name) for name in layout.names},
-                            workers=workers, progress=progress, reject=problem.inadmissible)
+                            workers=workers, progress=progress, reject=problem.inadmissible, comm=data_comm())
     rows, _ = load_samples(path, problem.fingerprint, layout.names, problem.settings(), reject=problem.inadmissible)
     return rows
 
@@ -296,6 +305,9 @@ class Experiment:
         Processes that generate missing samples.
     progress
         Show progress bars.
+    other_mesh
+        The run's checkpoints were trained on another mesh (the same fields on the same
+        spaces): only the mesh-native denoiser (``model.kind: mesh``) samples them here.
 
     Attributes
     ----------
@@ -320,8 +332,10 @@ class Experiment:
         run_dir: str | os.PathLike,
         workers: int = 1,
         progress: bool = True,
+        other_mesh: bool = False,
     ):
         self.problem = problem
+        self.other_mesh = other_mesh
         self.config = config
         self.data_dir, self.run_dir = Path(data_dir), Path(run_dir)
         self.workers, self.progress = workers, progress
@@ -382,20 +396,34 @@ class Experiment:
         Raises
         ------
         ConfigError
-            If ``training.device`` is not available or the model cannot be built (its width, say).
+            If ``training.device`` is not available, the model cannot be built (its width, say)
+            or, in a run of several processes, the batch does not split evenly over them.
         CheckpointError
             If the run folder's checkpoint cannot be resumed: unreadable, made on another
             mesh, or with a configuration that differs in a key that matters for training.
         """
         check_device(self.config.training.device)
+        rank, size = world()
+        if size > 1:
+            DataParallel(rank, size).part(self.config.training.batch_size)
         try:
             self.build_model()
         except ConfigError:
             raise
         except ValueError as err:
             raise ConfigError(f"model: {err}") from None
-        if (self.run_dir / LAST).exists():
+        if self.other_mesh:
+            self._check_mesh_native(self.run_dir / LAST)
+            load_checkpoint(self.run_dir / LAST, self.fingerprint, any_mesh=True)
+        elif (self.run_dir / LAST).exists():
             check_resumable(self.run_dir / LAST, self.config, self.fingerprint)
+
+    def _check_mesh_native(self, path: Path) -> None:
+        """CheckpointError unless the run's model samples on a mesh it was not trained on."""
+        if self.config.model.kind != "mesh":
+            raise CheckpointError(path, f"trained on another mesh with a mesh-bound model (model.kind: "
+                                        f"{self.config.model.kind}, whose raster is its training mesh's); only the "
+                                        "mesh denoiser (model.kind: mesh) samples on other meshes")
 
     # --- data ------------------------------------------------------------------------------
     @property
@@ -573,15 +601,19 @@ class Experiment:
         ------
         ConfigError
             If ``full_range`` or ``coefficient`` is given to a run that has no use for it, or
-            missing for a run with no checkpoint to resume from.
+            missing for a run with no checkpoint to resume from, or if the run's checkpoints
+            are of another mesh (:attr:`other_mesh`: they are sampled here, not trained).
         """
+        if self.other_mesh:
+            raise ConfigError(f"{self.run_dir}: trained on another mesh; it samples on this one but trains on its own")
         splits = self.dataset()
         normalizer = self.fit_normalizer()
         train_loss, eval_loss = self.loss(normalizer, training=True), self.loss(normalizer, training=False)
 
-        def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator):
+        def loss_fn(model: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator,
+                    part: slice | None = None):
             loss = train_loss if model.training else eval_loss
-            return loss(model, batch["x0"], cond=batch.get("cond"), generator=generator)
+            return loss(model, batch["x0"], cond=batch.get("cond"), generator=generator, part=part)
 
         self._condition_statistics = self.condition_tensor(splits.train)  # the models standardise conditions by it
         parts = self.build_model()
@@ -606,6 +638,7 @@ class Experiment:
             extra={NORMALIZER_KEY: normalizer.state_dict()},
             state={} if train_loss.trajectory is None else {"trajectory": train_loss.trajectory},
             progress=self.progress,
+            parallel=data_parallel(torch.device(self.config.training.device)),
         )
 
     def train(self, full_range: nn.Module | None = None, coefficient: nn.Module | None = None) -> TrainingSummary:
@@ -627,11 +660,14 @@ class Experiment:
         Raises
         ------
         CheckpointError
-            If the checkpoint is missing, from another mesh, or trained with another
+            If the checkpoint is missing, from another mesh (unless :attr:`other_mesh` and
+            the model is the mesh denoiser) or other spaces, or trained with another
             ``model``, ``diffusion`` or expert configuration.
         """
         path = self.run_dir / LAST if checkpoint is None else Path(checkpoint)
-        state = load_checkpoint(path, self.fingerprint)
+        if self.other_mesh:
+            self._check_mesh_native(path)
+        state = load_checkpoint(path, self.fingerprint, any_mesh=self.other_mesh)
         saved, ours = trained_configuration(state.config), trained_configuration(config_to_dict(self.config))
         for section in ("model", "diffusion", "expert"):
             if saved.get(section) != ours.get(section):

@@ -67,7 +67,7 @@ def write_fields(experiment: Experiment, runs: Mapping[str, SampledRun], residua
         fd.VTKFile(str(folder / f"{name.replace('+', '_')}.pvd")).write(*functions.values(), r)
 
 
-def _scalar_functions(experiment: Experiment, row: np.ndarray) -> dict:
+def field_functions(experiment: Experiment, row: np.ndarray) -> dict:
     """One row's generated channels as scalar Functions on the first field's nodes, by channel name."""
     x = experiment.fields.to_nodes(torch.as_tensor(row[None], dtype=torch.float64))[0].numpy()
     return {name: _residual_function(experiment, x[c], name) for c, name in enumerate(experiment.fields.names)}
@@ -80,7 +80,7 @@ def write_figures(experiment: Experiment, runs: Mapping[str, SampledRun], residu
 
     test = experiment.dataset().test
     sources = {"test data": test, **{name: run.rows for name, run in runs.items()}}
-    columns = {name: [_scalar_functions(experiment, row) for row in rows[:FIGURE_SAMPLES]]
+    columns = {name: [field_functions(experiment, row) for row in rows[:FIGURE_SAMPLES]]
                for name, rows in sources.items()}
     channels = experiment.fields.to_nodes(torch.as_tensor(test, dtype=torch.float64)).numpy()
     limits = {name: tuple(float(v) for v in np.percentile(channels[:, c], COLOUR_PERCENTILES))

@@ -21,6 +21,11 @@ so that a run is inspected, resumed, sampled and evaluated by its path alone::
       samples/<method>.npz   generated samples (``pidm-fem sample``)
       report/                results.json, results.md, figures, fields/*.pvd (``pidm-fem evaluate``)
       export/                VTU/PVD, XDMF, PNG and NPZ files (``pidm-fem export``)
+      meshes/<mesh>/         the run's models sampled on another mesh (``--mesh``): its own
+                             run.yaml, data/, samples/, report/ and export/, no checkpoints
+
+A run folder of a benchmark (``benchmarks/darcy_mesh.py``, ``benchmarks/topopt_mesh.py``)
+is one too.
 """
 
 from __future__ import annotations
@@ -136,20 +141,53 @@ class RunFolder:
         The run folder.
     spec
         The run.
+    trained_in
+        For the run's models on another mesh (:meth:`on_mesh`): the run folder whose
+        ``runs/`` hold the checkpoints. None for a run folder with its own.
     """
 
     path: Path
     spec: RunSpec
+    trained_in: Path | None = None
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "RunFolder":
         """The run folder ``path`` (it must hold ``run.yaml``)."""
         return cls(Path(path), read_run_file(run_file_of(path)))
 
+    @property
+    def runs(self) -> Path:
+        """The folder of the methods' checkpoints and logs (``runs/<method>/``)."""
+        return (self.trained_in or self.path) / "runs"
+
+    def on_mesh(self, mesh: str | os.PathLike, options: Mapping[str, Any] | None = None) -> "RunFolder":
+        """The run's models on another mesh, in ``meshes/<mesh file's stem>/`` (``options`` update the run's).
+
+        Its ``run.yaml`` (written by :meth:`save`) names that mesh; nothing is trained there.
+
+        Raises
+        ------
+        RunFolderError
+            If ``meshes/<stem>`` already holds the run on another mesh file or with other options.
+        """
+        if self.trained_in is not None:
+            raise RunFolderError(f"{self.path}: already the run on another mesh; open the run folder itself")
+        mesh = os.path.abspath(mesh)
+        spec = RunSpec(self.spec.problem, mesh, self.spec.methods, {**self.spec.options, **(options or {})},
+                       self.spec.sections)
+        path = self.path / "meshes" / Path(mesh).stem
+        if (path / RUN_FILE).is_file():
+            held = read_run_file(path / RUN_FILE)
+            if (held.mesh, dict(held.options)) != (spec.mesh, dict(spec.options)):
+                raise RunFolderError(f"{path}: holds this run on {held.mesh} with options {dict(held.options)}; "
+                                     f"not {mesh} with {dict(spec.options)}")
+        return RunFolder(path, spec, self.path)
+
     def study(self, workers: int = 1, progress: bool = True) -> Study:
         """The comparison of the run's methods in this folder."""
         return Study(self.spec.problem, self.spec.mesh, self.spec.sections, self.path, workers, progress,
-                     source=str(self.path / RUN_FILE), options=self.spec.options)
+                     source=str(self.path / RUN_FILE), options=self.spec.options,
+                     trained_on_other_mesh=None if self.trained_in is None else self.runs)
 
     def build(self, workers: int = 1, progress: bool = True) -> tuple[Study, Problem]:
         """The study and its problem, every method checked before any work.

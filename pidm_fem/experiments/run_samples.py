@@ -42,6 +42,8 @@ def sample_methods(folder: RunFolder, methods: Sequence[str], n: int, out: str |
     samples of the same seed. Returns ``{method: (file, mean |r|)}``.
     """
     study, problem = folder.build()
+    if folder.trained_in is not None:  # the run on another mesh: its run.yaml names the mesh sampled
+        folder.save()
     out = Path(out)
     made: dict[str, tuple[np.ndarray, float]] = {}
 
@@ -71,7 +73,7 @@ def sample_methods(folder: RunFolder, methods: Sequence[str], n: int, out: str |
         with atomic_path(path) as tmp:
             np.savez(tmp, rows=rows, residual=residual, dof_coordinates=problem.layout.dof_coordinates(),
                      fingerprint=problem.fingerprint, method=method, seed=seed, seconds_per_sample=seconds,
-                     train_seconds_per_step=seconds_per_step(folder.path / "runs" / trained / "log.jsonl"))
+                     train_seconds_per_step=seconds_per_step(folder.runs / trained / "log.jsonl"))
         written[method] = path, float(np.abs(residual).mean())
     return written
 
@@ -100,7 +102,7 @@ def evaluate_samples(folder: RunFolder, samples: str | Path) -> str:
     for method in present:
         saved = load_samples(samples / f"{method}.npz", problem)
         trained = method if METHODS[method].trained else METHODS[method].needs[0]
-        log = folder.path / "runs" / trained / "log.jsonl"
+        log = folder.runs / trained / "log.jsonl"
         runs[method] = SampledRun(saved["rows"], float(saved["train_seconds_per_step"]),
                                   float(saved["seconds_per_sample"]), log if log.is_file() else None)
     experiment = study.experiment(problem, present[0])

@@ -2,7 +2,7 @@
 
 from .builtin import default_mesh_path, structured_grid_mesh, unit_square_family
 from .checks import MeshArrays, MeshError, cell_quality, read_mesh_arrays
-from .fingerprint import mesh_fingerprint
+from .fingerprint import mesh_fingerprint, spaces_of
 from .io import load_mesh
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "default_mesh_path",
     "load_mesh",
     "mesh_fingerprint",
+    "spaces_of",
     "read_mesh_arrays",
     "structured_grid_mesh",
     "unit_square_family",

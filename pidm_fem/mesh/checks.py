@@ -8,7 +8,7 @@ area) or inverted (folded over a neighbour); that it is not torn (cells that sha
 no edge with any other) nor non-manifold (an edge of three cells); that no two vertices
 coincide; that its boundary lines are edges of its cells. Vertices that no cell uses are
 dropped, with a warning. :func:`cell_quality` gives the angles and aspect ratios that
-``pidm-fem mesh-info`` reports.
+``pidm-fem mesh info`` reports.
 """
 
 from __future__ import annotations

@@ -26,3 +26,12 @@ def mesh_fingerprint(mesh: firedrake.MeshGeometry) -> str:
     digest.update(np.ascontiguousarray(coords.function_space().cell_node_list, dtype=np.int64).tobytes())
     digest.update(np.asarray(sorted(mesh.exterior_facets.unique_markers), dtype=np.int64).tobytes())
     return digest.hexdigest()[:16]
+
+
+def spaces_of(fingerprint: str) -> str:
+    """The spaces part of a problem's fingerprint: what follows its mesh's ``mesh_fingerprint`` and a dash.
+
+    A problem's fingerprint is ``<mesh fingerprint>-<spaces>`` (``"...-P1"``); two problems
+    on different meshes with the same fields on the same spaces have equal spaces parts.
+    """
+    return fingerprint.partition("-")[2]

@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pidm_fem.parallel import solver_comm
+
 from .checks import MeshArrays, MeshError, read_mesh_arrays
 
 if TYPE_CHECKING:
@@ -40,7 +42,8 @@ def load_mesh(
     name
         Name of the Firedrake mesh (defaults to the file stem).
     comm
-        MPI communicator (defaults to ``COMM_WORLD``).
+        MPI communicator (default :func:`pidm_fem.parallel.solver_comm`: ``COMM_WORLD``, or
+        ``COMM_SELF`` in a run of several processes, each of which solves its own samples).
 
     Returns
     -------
@@ -59,7 +62,7 @@ def load_mesh(
     arrays = read_mesh_arrays(path)
     if arrays.dropped_vertices:
         LOG.warning("%s: dropped %d vertices that no cell uses", path, arrays.dropped_vertices)
-    comm = comm if comm is not None else fd.COMM_WORLD
+    comm = comm if comm is not None else solver_comm()
     name = name or path.stem
     if path.suffix.lower() == ".msh" and not arrays.dropped_vertices and arrays.planar_z == 0.0:
         try:

@@ -26,6 +26,7 @@ import torch
 
 from pidm_fem.atomic_files import atomic_path
 from pidm_fem.errors import InputError, one_line
+from pidm_fem.mesh.fingerprint import spaces_of
 from pidm_fem.training.config import ConfigError, config_from_dict, config_to_dict
 
 __all__ = [
@@ -263,7 +264,8 @@ def _with_current_defaults(config: Any) -> Any:
 
 
 def load_checkpoint(
-    path: str | os.PathLike, mesh_fingerprint: str | None = None, map_location: str | torch.device = "cpu"
+    path: str | os.PathLike, mesh_fingerprint: str | None = None, map_location: str | torch.device = "cpu",
+    *, any_mesh: bool = False,
 ) -> Checkpoint:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
@@ -276,6 +278,9 @@ def load_checkpoint(
         ``None`` skips the check.
     map_location
         Device the tensors are loaded onto.
+    any_mesh
+        Compare only the spaces part of the fingerprints (:func:`~pidm_fem.mesh.spaces_of`):
+        a checkpoint of the same fields on the same spaces of another mesh is accepted.
 
     Returns
     -------
@@ -309,7 +314,11 @@ def load_checkpoint(
         checkpoint = Checkpoint(**{**data, "config": _with_current_defaults(data.get("config"))})
     except TypeError as err:
         raise CheckpointError(path, f"incomplete checkpoint ({err})") from None
-    if mesh_fingerprint is not None and checkpoint.mesh_fingerprint != mesh_fingerprint:
+    if any_mesh and mesh_fingerprint is not None:
+        if spaces_of(checkpoint.mesh_fingerprint) != spaces_of(mesh_fingerprint):
+            raise CheckpointError(path, f"made for other fields or spaces ({spaces_of(checkpoint.mesh_fingerprint)!r}, "
+                                        f"here {spaces_of(mesh_fingerprint)!r})")
+    elif mesh_fingerprint is not None and checkpoint.mesh_fingerprint != mesh_fingerprint:
         raise CheckpointError(
             path,
             f"made on another mesh (fingerprint {checkpoint.mesh_fingerprint!r}, "

@@ -8,7 +8,10 @@ The loop trains any ``torch.nn.Module`` with a loss callable::
 device), ``generator`` is the CPU ``torch.Generator`` of the run (draw all
 randomness from it, e.g. ``torch.randn(shape, generator=generator)``, so that
 a resumed run repeats it), ``loss`` is a scalar tensor and ``components`` maps
-names (data, residual, constraints, ...) to floats for the logs.
+names (data, residual, constraints, ...) to floats for the logs. In data-parallel training
+(:mod:`pidm_fem.training.distributed`) the trainer adds a fourth argument, ``part``: the
+slice of the batch's rows this process computes, after drawing every random number for
+the whole batch.
 
 The run folder holds ``last.pt`` (see :mod:`pidm_fem.training.checkpoint`)
 and ``log.jsonl``, one JSON object per line: ``"split": "train"`` lines every
@@ -29,7 +32,9 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from pidm_fem.atomic_files import atomic_path
@@ -46,6 +51,7 @@ from pidm_fem.training.checkpoint import (
     save_run_checkpoint,
 )
 from pidm_fem.training.config import RunConfig, TrainingConfig, config_to_dict, trained_configuration
+from pidm_fem.training.distributed import DataParallel
 from pidm_fem.training.ema import EMA
 
 __all__ = [
@@ -74,7 +80,7 @@ class Stateful(Protocol):
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
 
 
-LossFn = Callable[[nn.Module, dict[str, Tensor], torch.Generator], tuple[Tensor, dict[str, float]]]
+LossFn = Callable[..., tuple[Tensor, dict[str, float]]]
 
 # Keys that may change when a run is resumed: they do not change what is trained.
 _RESUMABLE_CHANGES = (
@@ -261,6 +267,18 @@ class _Window:
         return {key: total / self.count for key, total in self.sums.items()}
 
 
+class _LossOf(nn.Module):
+    """The loss of a model as a module: what data-parallel training wraps, one forward per step."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: dict[str, Tensor], generator: torch.Generator, part: slice):
+        return self.loss_fn(self.model, batch, generator, part)
+
+
 class Trainer:
     """Trains ``model`` with ``loss_fn`` on rows of ``train_data``; resumes from ``run_dir/last.pt``.
 
@@ -296,6 +314,9 @@ class Trainer:
         Called after every step (after its logging, validation and checkpoint) with a :class:`StepRecord`.
     progress
         Show a progress bar.
+    parallel
+        This process's share of data-parallel training (:func:`~pidm_fem.training.distributed.data_parallel`),
+        or None for one process. Rank 0 alone writes the checkpoints and the log.
 
     Attributes
     ----------
@@ -321,6 +342,7 @@ class Trainer:
         state: Mapping[str, Stateful] | None = None,
         callback: Callable[[StepRecord], None] | None = None,
         progress: bool = True,
+        parallel: DataParallel | None = None,
     ):
         settings = config.training
         self.config = config
@@ -337,7 +359,10 @@ class Trainer:
         self.extra = dict(extra or {})
         self.state = dict(state or {})
         self.callback = callback
-        self.progress = progress
+        self.parallel = parallel
+        self.progress = progress and (parallel is None or parallel.writes)
+        if parallel is not None:
+            parallel.part(settings.batch_size)  # a batch that does not split evenly is refused before any step
 
         self._parameters = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self._parameters, lr=settings.lr)
@@ -347,10 +372,21 @@ class Trainer:
         self.step = 0
         self._saved_step: int | None = None
 
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self._writes:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         if (self.run_dir / LAST).exists():
             self._resume(self.run_dir / LAST)
-        _truncate_log(self.run_dir / LOG, self.step)
+        if self._writes:
+            _truncate_log(self.run_dir / LOG, self.step)
+        # data-parallel: one forward of the whole loss per step, so that the model may be called
+        # several times in it (a DDIM chain, trajectory states) before the one backward
+        self._step_loss = None if parallel is None else DistributedDataParallel(
+            _LossOf(self.model, loss_fn), find_unused_parameters=True)
+
+    @property
+    def _writes(self) -> bool:
+        """Whether this process writes the run's files (the only one, or rank 0)."""
+        return self.parallel is None or self.parallel.writes
 
     @staticmethod
     def _check_data(data: dict[str, Tensor], name: str) -> int:
@@ -402,18 +438,25 @@ class Trainer:
         bad = first_nonfinite(self.model.state_dict())
         if bad is not None:
             raise self._diverged(self.step, f"non-finite weights in {bad!r}", {})
-        save_run_checkpoint(self.run_dir, self.checkpoint(), self.config.training.keep_every)
+        if self._writes:
+            save_run_checkpoint(self.run_dir, self.checkpoint(), self.config.training.keep_every)
         self._saved_step = self.step
 
     def _batch(self, data: Mapping[str, Tensor], rows: Tensor) -> dict[str, Tensor]:
         return {key: value[rows.to(value.device)].to(self.device) for key, value in data.items()}
 
     def _train_step(self, step: int) -> StepRecord:
-        batch = self._batch(self.train_data, self.sampler.next())
-        self.model.train()
-        loss, components = self.loss_fn(self.model, batch, self.generator)
-        components = {key: float(value) for key, value in components.items()}
-        value = float(loss.detach())
+        rows = self.sampler.next()
+        batch = self._batch(self.train_data, rows)
+        if self.parallel is None:
+            self.model.train()
+            loss, components = self.loss_fn(self.model, batch, self.generator)
+            components = {key: float(value) for key, value in components.items()}
+            value = float(loss.detach())
+        else:  # the processes' mean loss and components: every process stops on the same step
+            self._step_loss.train()
+            loss, components = self._step_loss(batch, self.generator, self.parallel.part(len(rows)))
+            value, components = self.parallel.mean(float(loss.detach()), components)
         if not math.isfinite(value):
             raise self._diverged(step, f"loss is {value}", components)
         self.optimizer.zero_grad(set_to_none=True)
@@ -528,7 +571,7 @@ class Trainer:
         last: StepRecord | None = None
         val_components = None
         window = _Window()
-        with stop_requests() as stop, open(self.run_dir / LOG, "a") as log, tqdm(
+        with stop_requests() as stop, open(self.run_dir / LOG if self._writes else os.devnull, "a") as log, tqdm(
             total=settings.steps,
             initial=first_step,
             desc=f"train {self.run_dir.name}",
@@ -560,6 +603,8 @@ class Trainer:
                         "run the same command again to resume from it",
                         stop.signum,
                     )
+        if self.parallel is not None:  # the others may read the checkpoints rank 0 has written
+            dist.barrier()
         steps_run = self.step - first_step
         return TrainingSummary(
             first_step=first_step,
