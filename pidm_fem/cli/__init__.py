@@ -21,7 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .run_commands import add_run_commands
     from .simp_command import add_simp_command
 
-    parser = OneLineParser(prog="pidm-fem", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="pidm-fem", description="Physics-informed diffusion models on finite element "
+                           "meshes: meshes, sample files, training, sampling, evaluation, export and SIMP.")
     parser.add_argument("--debug", action="store_true",
                         help="show the traceback of an error (anywhere on the line; also PIDM_FEM_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", required=True)
