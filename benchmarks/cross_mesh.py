@@ -1,11 +1,11 @@
 """Models across meshes: a run's mesh-denoiser models sampled on other meshes, against data made there.
 
 Samples each method of a run folder on the run's own mesh and on every ``--mesh``
-(``pidm-fem sample RUN --mesh M``), evaluates each set against test data generated on
-that mesh (``pidm-fem evaluate RUN --mesh M``), and writes ``results.json``,
-``results.md`` and ``designs.png`` (test data and a sample of each method on each mesh)
-to ``--out``. The run's reports on each mesh are in ``RUN/report`` and
-``RUN/meshes/<mesh>/report``.
+(as ``pidm-fem sample RUN --mesh M`` does), evaluates each set against test data
+generated on that mesh (the data are kept in ``RUN/meshes/<mesh>/data``), and writes
+``results.json``, ``results.md`` and ``samples.png`` (test data and a sample of each
+method on each mesh) to ``--out``, with each mesh's samples and full report in
+``--out/<mesh>/``. The run's own report is left as it is.
 
     python benchmarks/cross_mesh.py [--run outputs/darcy_mesh_default]
         [--mesh meshes/unit_square_r3.msh meshes/square_with_hole.msh]
@@ -64,9 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     results, grid, titles = {}, [], []
     for label, folder in folders.items():
         print(f"== {label}")
-        sample_methods(folder, methods, args.n, folder.path / "samples")
-        print(evaluate_samples(folder, folder.path / "samples"))
-        summary = json.loads((folder.path / "report" / "results.json").read_text())
+        there = args.out / Path(folder.spec.mesh).stem
+        sample_methods(folder, methods, args.n, there / "samples")
+        print(evaluate_samples(folder, there / "samples", there / "report"))
+        summary = json.loads((there / "report" / "results.json").read_text())
         study, problem = folder.build(progress=False)
         experiment = study.experiment(problem, methods[0])
         results[label] = {
@@ -78,25 +79,24 @@ def main(argv: list[str] | None = None) -> int:
                         for m in methods},
         }
         rows = {"test data": experiment.dataset().test[0],
-                **{m: load_samples(folder.path / "samples" / f"{m}.npz", problem)["rows"][0] for m in methods}}
+                **{m: load_samples(there / "samples" / f"{m}.npz", problem)["rows"][0] for m in methods}}
         fields = {source: field_functions(experiment, row) for source, row in rows.items()}
         grid.append([fields[source][c] for source in rows for c in experiment.fields.names])
         titles.append([f"{label.split(' ')[0]}: {source} {c}" for source in rows for c in experiment.fields.names])
-    args.out.mkdir(parents=True, exist_ok=True)
-    plot_fields(grid, args.out / "designs.png", titles)
+    plot_fields(grid, args.out / "samples.png", titles)
     write_json(args.out / "results.json", {"run": str(home.path), "methods": methods, "n_samples": args.n,
                                            "options": options, "meshes": results})
     names = list(results[next(iter(results))]["methods"][methods[0]])
     lines = ["| mesh | vertices | method | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
     for label, entry in results.items():
         lines.append(f"| {label} | {entry['n_vertices']} | data (test) | "
-                     + " | ".join(f"{entry['data'].get(n, float('nan')):.3g}" for n in names) + " |")
+                     + " | ".join(f"{entry['data'][n]:.3g}" if n in entry["data"] else "" for n in names) + " |")
         for m in methods:
             lines.append(f"| | | {m} | " + " | ".join(f"{entry['methods'][m][n]:.3g}" for n in names) + " |")
     table = "\n".join(lines) + "\n"
     (args.out / "results.md").write_text(f"# {home.spec.problem} models of {home.path} on other meshes\n\n{table}")
     print(table)
-    print(f"results: {args.out / 'results.json'}, {args.out / 'results.md'}, {args.out / 'designs.png'}")
+    print(f"results: {args.out / 'results.json'}, {args.out / 'results.md'}, {args.out / 'samples.png'}")
     return 0
 
 

@@ -90,8 +90,11 @@ def load_samples(path: str | Path, problem: Problem) -> dict[str, np.ndarray]:
     return arrays
 
 
-def evaluate_samples(folder: RunFolder, samples: str | Path) -> str:
-    """Evaluate ``samples/<method>.npz`` of the run's methods into ``RUN_DIR/report``; the Markdown table."""
+def evaluate_samples(folder: RunFolder, samples: str | Path, report: str | Path | None = None) -> str:
+    """Evaluate ``samples/<method>.npz`` of the run's methods into ``report`` (default ``RUN_DIR/report``).
+
+    Returns the Markdown table.
+    """
     study, problem = folder.build()
     samples = Path(samples)
     present = [m for m in folder.spec.methods if (samples / f"{m}.npz").is_file()]
@@ -111,4 +114,4 @@ def evaluate_samples(folder: RunFolder, samples: str | Path) -> str:
     title = f"{Path(study.problem).name} on {Path(study.mesh).name}"
     info = {"run_folder": str(folder.path), "problem": study.problem, "mesh": study.mesh, "methods": present,
             "n_samples": n, "samples": str(samples)}
-    return write_report(experiment, runs, summary, residuals, folder.path / "report", title, info)
+    return write_report(experiment, runs, summary, residuals, Path(report or folder.path / "report"), title, info)
