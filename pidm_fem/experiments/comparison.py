@@ -230,21 +230,30 @@ def train_and_sample(
     for name in methods:
         method = METHODS[name]
         if method.trained:
-            runs[name] = _sample(experiments[name], n_samples)
+            runs[name] = sample_run(experiments[name], n_samples)
         elif method.after_sampling == "solve_state":
-            source = experiments[method.needs[0]]
-            t0 = time.perf_counter()
-            rows = source.with_solved_state(runs[method.needs[0]].rows)
-            seconds = runs[method.needs[0]].sample_seconds_per_sample + (time.perf_counter() - t0) / len(rows)
-            runs[name] = SampledRun(rows, runs[method.needs[0]].seconds_per_step, seconds, None)
+            runs[name] = solved_state_run(experiments[method.needs[0]], runs[method.needs[0]])
     for name in cocogen:
-        runs[name + COCOGEN_SUFFIX] = _sample(experiments[name], n_samples, cocogen=True)
+        runs[name + COCOGEN_SUFFIX] = sample_run(experiments[name], n_samples, cocogen=True)
     return {name: runs[name] for name in list(methods) + [m + COCOGEN_SUFFIX for m in cocogen]}
 
 
-def _sample(experiment: Experiment, n_samples: int, cocogen: bool = False) -> SampledRun:
+def sample_run(experiment: Experiment, n_samples: int | None, seed: int = 1, cocogen: bool = False,
+               conditions: np.ndarray | None = None) -> SampledRun:
+    """A trained method's samples (:meth:`Experiment.sample`) with its training and sampling costs."""
     t0 = time.perf_counter()
-    rows = experiment.sample(n_samples, seed=1, cocogen=cocogen)
+    rows = experiment.sample(n_samples, seed=seed, cocogen=cocogen, conditions=conditions)
     seconds = time.perf_counter() - t0
     log = experiment.run_dir / "log.jsonl"
-    return SampledRun(rows, seconds_per_step(log), seconds / len(rows), log)
+    return SampledRun(rows, seconds_per_step(log), seconds / len(rows), log if log.is_file() else None)
+
+
+def solved_state_run(experiment: Experiment, source: SampledRun) -> SampledRun:
+    """The physics-exact reference of a method's samples: their states solved for their coefficients.
+
+    Its costs are the source's training and its sampling plus one solve per sample.
+    """
+    t0 = time.perf_counter()
+    rows = experiment.with_solved_state(source.rows)
+    seconds = source.sample_seconds_per_sample + (time.perf_counter() - t0) / len(rows)
+    return SampledRun(rows, source.seconds_per_step, seconds, None)

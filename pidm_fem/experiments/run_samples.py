@@ -8,7 +8,6 @@ nodal ``residual`` of each, the ``dof_coordinates`` of a row's entries, the prob
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import torch
 
 from pidm_fem.atomic_files import atomic_path
 from pidm_fem.errors import InputError
-from pidm_fem.experiments.comparison import SampledRun, seconds_per_step
+from pidm_fem.experiments.comparison import SampledRun, sample_run, solved_state_run
 from pidm_fem.experiments.methods import METHODS
 from pidm_fem.experiments.report import evaluate_runs, write_report
 from pidm_fem.experiments.run_folder import RunFolder
@@ -45,15 +44,14 @@ def sample_methods(folder: RunFolder, methods: Sequence[str], n: int, out: str |
     if folder.trained_in is not None:  # the run on another mesh: its run.yaml names the mesh sampled
         folder.save()
     out = Path(out)
-    made: dict[str, tuple[np.ndarray, float]] = {}
+    made: dict[str, SampledRun] = {}
 
-    def draw(method: str, experiment) -> tuple[np.ndarray, float]:
-        """Samples of a trained method and the seconds per sample (drawn once per method)."""
+    def draw(method: str) -> SampledRun:
+        """The samples of a trained method (drawn once per method)."""
         if method not in made:
-            t0 = time.perf_counter()
-            rows = experiment.sample(None if problem.conditions else n, seed=seed,
-                                     conditions=_conditions(experiment, n))
-            made[method] = rows, (time.perf_counter() - t0) / n
+            experiment = study.experiment(problem, method)
+            made[method] = sample_run(experiment, None if problem.conditions else n, seed=seed,
+                                      conditions=_conditions(experiment, n))
         return made[method]
 
     written = {}
@@ -61,19 +59,15 @@ def sample_methods(folder: RunFolder, methods: Sequence[str], n: int, out: str |
         record = METHODS[method]
         trained = method if record.trained else record.needs[0]
         experiment = study.experiment(problem, trained)
-        rows, seconds = draw(trained, experiment)
-        if not record.trained:  # the physics-exact reference: the state solved for the model's coefficients
-            t0 = time.perf_counter()
-            rows = experiment.with_solved_state(rows)
-            seconds += (time.perf_counter() - t0) / n
+        run = draw(trained) if record.trained else solved_state_run(experiment, draw(trained))
         with torch.no_grad():  # the physics is evaluated in float64, as the evaluation does
             residual = experiment.strong_residual(
-                experiment.fields.to_nodes(torch.as_tensor(rows, dtype=torch.float64))).numpy()
+                experiment.fields.to_nodes(torch.as_tensor(run.rows, dtype=torch.float64))).numpy()
         path = out / f"{method}.npz"
         with atomic_path(path) as tmp:
-            np.savez(tmp, rows=rows, residual=residual, dof_coordinates=problem.layout.dof_coordinates(),
-                     fingerprint=problem.fingerprint, method=method, seed=seed, seconds_per_sample=seconds,
-                     train_seconds_per_step=seconds_per_step(folder.runs / trained / "log.jsonl"))
+            np.savez(tmp, rows=run.rows, residual=residual, dof_coordinates=problem.layout.dof_coordinates(),
+                     fingerprint=problem.fingerprint, method=method, seed=seed,
+                     seconds_per_sample=run.sample_seconds_per_sample, train_seconds_per_step=run.seconds_per_step)
         written[method] = path, float(np.abs(residual).mean())
     return written
 
