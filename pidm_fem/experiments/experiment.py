@@ -414,7 +414,8 @@ class Experiment:
             raise ConfigError(f"model: {err}") from None
         if self.other_mesh:
             self._check_mesh_native(self.run_dir / LAST)
-            load_checkpoint(self.run_dir / LAST, self.fingerprint, any_mesh=True)
+            if (self.run_dir / LAST).exists():
+                load_checkpoint(self.run_dir / LAST, self.fingerprint, any_mesh=True)
         elif (self.run_dir / LAST).exists():
             check_resumable(self.run_dir / LAST, self.config, self.fingerprint)
 
