@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse
 import torch
 from torch import nn
 
@@ -349,6 +350,7 @@ class Experiment:
         self._rows_state_misfit = problem.torch_state_misfit() if problem.has_state_solve() else None
         self._splits: Splits | None = None
         self._channel_maps: list | None = None
+        self._input_views: list[tuple[int, torch.Tensor]] | None = None
         self._condition_statistics: torch.Tensor | None = None
 
     # --- physics of (B, C, n) physical tensors -------------------------------------------
@@ -490,6 +492,8 @@ class Experiment:
         (:attr:`~pidm_fem.models.MeshNodes.nodal_gradient`), of every field in those
         physical coordinates.
         """
+        if self._input_views is not None:
+            return self._input_views
         physical = {
             channel: channel_map.inverse_matrix
             for channel, channel_map in enumerate(self.channel_maps())
@@ -497,10 +501,13 @@ class Experiment:
         }
         views = list(physical.items()) if self.config.model.field_views else []
         if self.config.model.gradient_views:
-            gradient = torch.tensor(self.mesh.nodal_gradient, dtype=torch.float64)
             for channel in range(self.fields.n_channels):
-                for component in gradient:
-                    views.append((channel, component @ physical[channel] if channel in physical else component))
+                for component in self.mesh.nodal_gradient:
+                    # the gradient is local (a node's triangles): sparse times dense, not a dense cube
+                    view = (scipy.sparse.csr_matrix(component) @ physical[channel].numpy()
+                            if channel in physical else component)
+                    views.append((channel, torch.as_tensor(view, dtype=torch.float64)))
+        self._input_views = views
         return views
 
     def fit_normalizer(self) -> FieldNormalizer:
