@@ -10,7 +10,7 @@ from __future__ import annotations
 from pidm_fem.diffusion.conditions import StandardisedConditions
 from pidm_fem.diffusion.experts import ChannelExperts, TimestepExperts
 from pidm_fem.diffusion.guidance import CoCoGenCorrector, PhysicsGuidedConditioning, Residual
-from pidm_fem.diffusion.input_views import LinearViewInputs
+from pidm_fem.diffusion.input_views import LinearViewInputs, spectral_norm_estimate
 from pidm_fem.diffusion.losses import Functional, PIDMLoss
 from pidm_fem.diffusion.normalization import ChannelMap, FieldNormalizer, LinearChannelMap, LogChannelMap
 from pidm_fem.diffusion.parameterization import VPredictionDenoiser, x0_denoiser
@@ -27,6 +27,7 @@ __all__ = [
     "Functional",
     "LinearChannelMap",
     "LinearViewInputs",
+    "spectral_norm_estimate",
     "LogChannelMap",
     "PIDMLoss",
     "PhysicsGuidedConditioning",

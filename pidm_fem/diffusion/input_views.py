@@ -62,19 +62,26 @@ class LinearViewInputs(nn.Module):
         condition channels than the caller passes.
     views
         ``(channel index, (n, n) matrix)`` pairs, at least one; a channel may have several views.
+    norms
+        The views' :func:`spectral_norm_estimate` values, when the caller has them (a model
+        built again on the same mesh); estimated here when None.
     """
 
-    def __init__(self, network: nn.Module, views: Sequence[tuple[int, torch.Tensor]]):
+    def __init__(self, network: nn.Module, views: Sequence[tuple[int, torch.Tensor]],
+                 norms: Sequence[float] | None = None):
         super().__init__()
         if not views:
             raise ValueError("LinearViewInputs needs at least one view")
+        if norms is not None and len(norms) != len(views):
+            raise ValueError(f"{len(norms)} norms for {len(views)} views")
         self.network = network
         self.channels = tuple(channel for channel, _ in views)
         for i, (_, matrix) in enumerate(views):
             matrix = torch.as_tensor(matrix, dtype=torch.float64)
             if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
                 raise ValueError(f"a view must be a square matrix, got shape {tuple(matrix.shape)}")
-            scaled = (matrix / spectral_norm_estimate(matrix)).to(torch.get_default_dtype())
+            norm = spectral_norm_estimate(matrix) if norms is None else norms[i]
+            scaled = (matrix / norm).to(torch.get_default_dtype())
             self.register_buffer(f"view_{i}", scaled, persistent=False)
 
     @property

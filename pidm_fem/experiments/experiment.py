@@ -58,6 +58,7 @@ from pidm_fem.diffusion import (
     TimestepExperts,
     TrajectoryStates,
     sample,
+    spectral_norm_estimate,
     x0_denoiser,
 )
 from pidm_fem.experiments.denoisers import build_denoiser
@@ -351,6 +352,7 @@ class Experiment:
         self._splits: Splits | None = None
         self._channel_maps: list | None = None
         self._input_views: list[tuple[int, torch.Tensor]] | None = None
+        self._view_norms: list[float] | None = None
         self._condition_statistics: torch.Tensor | None = None
 
     # --- physics of (B, C, n) physical tensors -------------------------------------------
@@ -564,7 +566,9 @@ class Experiment:
             network = build_denoiser(model_config, self.mesh, n_fields, cond_channels=cond_channels,
                                      n_timesteps=self.config.diffusion.T)
         if views:
-            network = LinearViewInputs(network, views)
+            if self._view_norms is None:  # power iterations on (n, n) matrices: once per experiment
+                self._view_norms = [spectral_norm_estimate(matrix) for _, matrix in views]
+            network = LinearViewInputs(network, views, self._view_norms)
         if n_conditions:
             network = StandardisedConditions(network, n_conditions)
             if self._condition_statistics is not None:
