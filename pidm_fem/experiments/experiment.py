@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -79,6 +80,9 @@ from pidm_fem.training.config import DiffusionConfig
 from pidm_fem.training.distributed import DataParallel, data_parallel, wait_for_file
 from pidm_fem.training.trainer import check_resumable
 
+#: each problem's input views and their spectral norms, by the settings that make them: dense (n, n)
+#: matrices, built once per problem for all of a study's experiments
+_VIEWS: "weakref.WeakKeyDictionary[Problem, dict]" = weakref.WeakKeyDictionary()
 #: dtype of the network and of the tensors it sees (the physics computes in float64)
 DTYPE = torch.float32
 #: key of the normaliser statistics in a checkpoint's ``extra``
@@ -351,8 +355,6 @@ class Experiment:
         self._rows_state_misfit = problem.torch_state_misfit() if problem.has_state_solve() else None
         self._splits: Splits | None = None
         self._channel_maps: list | None = None
-        self._input_views: list[tuple[int, torch.Tensor]] | None = None
-        self._view_norms: list[float] | None = None
         self._condition_statistics: torch.Tensor | None = None
 
     # --- physics of (B, C, n) physical tensors -------------------------------------------
@@ -494,8 +496,14 @@ class Experiment:
         (:attr:`~pidm_fem.models.MeshNodes.nodal_gradient`), of every field in those
         physical coordinates.
         """
-        if self._input_views is not None:
-            return self._input_views
+        return self._views_and_norms()[0]
+
+    def _views_and_norms(self) -> tuple[list[tuple[int, torch.Tensor]], list[float]]:
+        """:meth:`input_views` and their spectral norms, built once per problem and settings."""
+        key = (self.config.diffusion.representation, self.config.model.field_views, self.config.model.gradient_views)
+        held = _VIEWS.setdefault(self.problem, {})
+        if key in held:
+            return held[key]
         physical = {
             channel: channel_map.inverse_matrix
             for channel, channel_map in enumerate(self.channel_maps())
@@ -509,8 +517,8 @@ class Experiment:
                     view = (scipy.sparse.csr_matrix(component) @ physical[channel].numpy()
                             if channel in physical else component)
                     views.append((channel, torch.as_tensor(view, dtype=torch.float64)))
-        self._input_views = views
-        return views
+        held[key] = views, [spectral_norm_estimate(matrix) for _, matrix in views]
+        return held[key]
 
     def fit_normalizer(self) -> FieldNormalizer:
         """Per-channel statistics of the training split, in the coordinates of ``diffusion.representation``."""
@@ -558,7 +566,7 @@ class Experiment:
         """
         model_config = self.config.model if width is None else replace(self.config.model, width=width)
         n_fields = self.fields.n_channels
-        views = self.input_views()
+        views, norms = self._views_and_norms()
         n_conditions = 0 if self.conditions is None else self.conditions.n_channels
         cond_channels = n_conditions + (n_fields if self.config.diffusion.method == "physics_guided" else 0) + len(views)
         with torch.random.fork_rng(devices=[]):
@@ -566,9 +574,7 @@ class Experiment:
             network = build_denoiser(model_config, self.mesh, n_fields, cond_channels=cond_channels,
                                      n_timesteps=self.config.diffusion.T)
         if views:
-            if self._view_norms is None:  # power iterations on (n, n) matrices: once per experiment
-                self._view_norms = [spectral_norm_estimate(matrix) for _, matrix in views]
-            network = LinearViewInputs(network, views, self._view_norms)
+            network = LinearViewInputs(network, views, norms)
         if n_conditions:
             network = StandardisedConditions(network, n_conditions)
             if self._condition_statistics is not None:
