@@ -121,7 +121,7 @@ def test_each_method_configures_its_run_from_the_registry():
     assert method_config(chosen, "pidm_trajectory").diffusion.method == "pidm"
     # the expert's optimiser and trajectory chains; the full-range runs keep the training section's
     expert = method_config(sections, "ddpm_k_pidm_p")
-    assert (expert.training.steps, expert.training.lr, expert.training.ema_start) == (1000, 4e-3, 500)
+    assert (expert.training.steps, expert.training.lr, expert.training.ema_start) == (300, 4e-3, 150)
     assert expert.diffusion.trajectory_steps == 50 and expert.diffusion.role == "expert_on_frozen_coefficient"
     assert method_config(sections, "pidm_trajectory").training.lr == 1e-3
 

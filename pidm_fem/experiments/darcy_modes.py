@@ -4,7 +4,8 @@
   paper's methods and the physics-exact reference, CoCoGen on DDPM and PIDM-mean;
   under 10 minutes on two cores.
 * ``default``: the default mesh, 1,000 training samples, 1,000 steps; every method,
-  the low-noise expert of ``ddpm_k_pidm_p`` for 1,000 steps; about 1.5 hours on two cores.
+  the low-noise expert of ``ddpm_k_pidm_p`` for 300 steps (each of its steps runs three
+  networks on trajectory states: several seconds here); about two hours on two cores.
 * ``full``: the paper's scale (10,000 samples, 300,000 steps, a U-Net of width 64,
   ancestral sampling), for a GPU (``--device cuda``).
 """
@@ -34,7 +35,7 @@ MODES: dict[str, dict[str, Any]] = {
             "data": {"n_train": 1000, "n_val": 64, "n_test": 128},
             "training": {"steps": 1000},
             "sampling": {"n_samples": 128},
-            "expert": {"steps": 1000},
+            "expert": {"steps": 300},
             "cocogen": {"apply_to": ["ddpm", "pidm_mean"]},
         },
     },
