@@ -5,7 +5,7 @@
   under 10 minutes on two cores.
 * ``default``: the default mesh, 1,000 training samples, 1,000 steps; every method,
   the low-noise expert of ``ddpm_k_pidm_p`` for 300 steps (each of its steps runs three
-  networks on trajectory states: several seconds here); about two hours on two cores.
+  networks on trajectory states); about 1.5 hours on two cores.
 * ``full``: the paper's scale (10,000 samples, 300,000 steps, a U-Net of width 64,
   ancestral sampling), for a GPU (``--device cuda``).
 """
