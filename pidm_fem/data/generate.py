@@ -127,9 +127,11 @@ def _over_ranks(path: Path, n_samples: int, make: GeneratorFactory, fingerprint:
     """:func:`generate_samples` over the ranks of ``comm``: rank r solves the missing rows r, r + size, ...
 
     Rank 0 opens (or resumes) the journal and tells every rank the missing rows; in each
-    round every rank solves one row and rank 0 gathers and journals them. A rank whose
-    row fails sends the error instead: rank 0 keeps the round's good rows, every rank
-    stops, and rank 0 raises it (the others raise a ComputationError that points to it).
+    round every rank solves its ``flush_every // size`` rows of the round (so that the
+    rounds' uneven solve times, SIMP's iteration counts, even out) and rank 0 gathers and
+    journals them. A rank whose row fails sends the error instead: rank 0 keeps the good
+    rows, every rank stops after the round, and rank 0 raises it (the others raise a
+    ComputationError that points to it).
     """
     store = None
     opened: BaseException | None = None
@@ -154,28 +156,28 @@ def _over_ranks(path: Path, n_samples: int, make: GeneratorFactory, fingerprint:
     bar = tqdm(total=n_samples, initial=n_samples - len(missing), desc=f"samples {path.name} ({comm.size} ranks)",
                unit="sample", disable=not progress or comm.rank != 0)
     failure: BaseException | None = None
+    per_round = comm.size * max(1, flush_every // comm.size)
     try:
-        for start in range(0, len(missing), comm.size):
-            mine = start + comm.rank
-            result: tuple[int, np.ndarray] | BaseException | None = None
-            if mine < len(missing):
+        for start in range(0, len(missing), per_round):
+            results: list[tuple[int, np.ndarray] | BaseException] = []
+            for index in missing[start + comm.rank : start + per_round : comm.size]:
                 try:
-                    result = int(missing[mine]), generator(int(missing[mine]))
+                    results.append((int(index), generator(int(index))))
                 except Exception as err:  # noqa: BLE001  sent to rank 0, which raises it
-                    result = err
-            results = comm.gather(result, root=0)
+                    results.append(err)
+                    break
+            gathered = comm.gather(results, root=0)
             if comm.rank == 0:
-                for item in results:
+                for item in (item for rank_results in gathered for item in rank_results):
                     if isinstance(item, BaseException):
                         failure = failure or item
-                    elif item is not None:
-                        try:
-                            store.write(*item)
-                        except Exception as err:  # noqa: BLE001  an inadmissible row
-                            failure = failure or err
-                        bar.update(1)
-                if (start // comm.size + 1) % max(1, flush_every // comm.size) == 0:
-                    store.flush()
+                        continue
+                    try:
+                        store.write(*item)
+                    except Exception as err:  # noqa: BLE001  an inadmissible row
+                        failure = failure or err
+                    bar.update(1)
+                store.flush()
             if comm.bcast(failure is not None, root=0):
                 break
     finally:

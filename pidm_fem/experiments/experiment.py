@@ -516,7 +516,7 @@ class Experiment:
                     # the gradient is local (a node's triangles): sparse times dense, not a dense cube
                     view = (scipy.sparse.csr_matrix(component) @ physical[channel].numpy()
                             if channel in physical else component)
-                    views.append((channel, torch.as_tensor(view, dtype=torch.float64)))
+                    views.append((channel, torch.tensor(view, dtype=torch.float64)))
         held[key] = views, [spectral_norm_estimate(matrix) for _, matrix in views]
         return held[key]
 
