@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 import yaml
 
 from pidm_fem.data.store import SampleFile
@@ -91,7 +90,6 @@ def test_two_torchrun_processes_train_the_weights_of_one(one_process, tmp_path):
     assert split.step == single.step == 4
     _close(single.model, split.model, atol=1e-6)
     _close(single.ema["shadow"], split.ema["shadow"], atol=1e-6)
-    assert not torch.equal(single.model[next(iter(single.model))], torch.zeros(1))
 
 
 def test_two_mpi_ranks_train_the_weights_of_one_and_a_run_resumes_with_another_count(one_process, tmp_path):

@@ -92,14 +92,14 @@ def generate_samples(
         If a worker process dies (the rows finished before are kept).
     """
     path = Path(path)
+    if path.is_file():  # complete by construction (renamed only once written); a journal left is stale
+        partial_path(path).unlink(missing_ok=True)
+        return path
     if comm is not None and comm.size > 1:
         if workers > 1:
             raise ValueError(f"{path}: {comm.size} MPI ranks generate the samples; give workers=1")
         return _over_ranks(path, n_samples, make, fingerprint, settings, fields, flush_every, progress, reject,
                            comm)
-    if path.is_file():  # complete by construction (renamed only once written); a journal left is stale
-        partial_path(path).unlink(missing_ok=True)
-        return path
     store = SampleFile.open_for_writing(path, n_samples, fingerprint, settings, fields, reject)
     missing = store.missing
     bar = tqdm(total=n_samples, initial=n_samples - len(missing), desc=f"samples {path.name}",
@@ -137,10 +137,7 @@ def _over_ranks(path: Path, n_samples: int, make: GeneratorFactory, fingerprint:
     opened: BaseException | None = None
     if comm.rank == 0:
         try:
-            if path.is_file():
-                partial_path(path).unlink(missing_ok=True)
-            else:
-                store = SampleFile.open_for_writing(path, n_samples, fingerprint, settings, fields, reject)
+            store = SampleFile.open_for_writing(path, n_samples, fingerprint, settings, fields, reject)
         except BaseException as err:  # every rank must hear of it, or they wait for rank 0 forever
             opened = err
     opened = comm.bcast(opened, root=0)
@@ -149,9 +146,6 @@ def _over_ranks(path: Path, n_samples: int, make: GeneratorFactory, fingerprint:
             raise opened
         raise ComputationError(f"{path}: rank 0 could not open the sample file (its error is above)")
     missing = comm.bcast(None if store is None else store.missing, root=0)
-    if missing is None:  # the file is complete
-        comm.barrier()
-        return path
     generator = make()
     bar = tqdm(total=n_samples, initial=n_samples - len(missing), desc=f"samples {path.name} ({comm.size} ranks)",
                unit="sample", disable=not progress or comm.rank != 0)
